@@ -1,0 +1,83 @@
+"""``python -m autograder``: a thin command line over the grading library.
+
+Commands:
+  check NOTEBOOK [--json]   grade one notebook (hidden tests included)
+  release                   regenerate notebooks/ from solutions/
+  demo                      run, check and grade the whole workbook (``make demo``)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _print_table(rows: list[tuple], headers: tuple) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    print(line.format(*headers))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*row))
+
+
+def cmd_check(args) -> int:
+    from autograder.course import GradingError
+    from autograder.grading import NotGradable, check_notebook
+
+    try:
+        result = check_notebook(args.notebook)
+    except NotGradable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except GradingError as exc:
+        print(f"error: grading failed: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        doc = {
+            "notebook": result.notebook,
+            "score": result.score,
+            "max_score": result.max_score,
+            "questions": [
+                {"id": q.id, "score": q.score, "max_score": q.max_score, "status": q.status, "message": q.message}
+                for q in result.questions
+            ],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{result.notebook}: {result.score:g} / {result.max_score:g}")
+    _print_table(
+        [(q.id, f"{q.score:g}/{q.max_score:g}", q.status, q.message.splitlines()[0][:100] if q.message else "")
+         for q in result.questions],
+        ("question", "score", "status", "message"),
+    )
+    return 0
+
+
+def cmd_release(args) -> int:
+    from autograder.release import release
+
+    for path in release():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from autograder.demo import run_demo
+
+    return run_demo()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description="servelab's grader")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="grade one notebook, hidden tests included")
+    p.add_argument("notebook")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
+    p.set_defaults(func=cmd_release)
+    p = sub.add_parser("demo", help="execute, drift-check and grade the whole workbook")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
