@@ -12,6 +12,7 @@ everything it started are stopped.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -64,32 +65,44 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(create_app, handler_class=None, model_dir=None, config=None, start_timeout: float = START_TIMEOUT):
+def live_server(
+    create_app=None,
+    handler_class=None,
+    model_dir=None,
+    config=None,
+    start_timeout: float = START_TIMEOUT,
+    source: str | Path | None = None,
+):
     """Serve ``create_app(handler[, config])`` in a separate process; yield a :class:`LiveServer`.
 
-    ``handler_class`` defaults to the finished ``IrisHandler``; ``model_dir`` to a shared
-    temporary copy of the course model. Raises :class:`ServerStartError` when the app
-    cannot be built or does not accept connections within ``start_timeout`` seconds.
+    Give either ``create_app`` (a function, e.g. from a notebook, sent with cloudpickle) or
+    ``source``, a ``.py`` file defining it (see :mod:`autograder.extract`), imported only by the
+    server process. ``handler_class`` defaults to the finished ``IrisHandler``; ``model_dir``
+    to a shared temporary copy of the course model. Raises :class:`ServerStartError` when the
+    app cannot be built or does not accept connections within ``start_timeout`` seconds.
     """
-    if handler_class is None:
-        from server_stub.iris_handler import IrisHandler as handler_class
     from server_stub.model import ensure_model
 
     model_dir = ensure_model(model_dir or DEFAULT_MODEL_DIR).resolve()
     workdir = Path(tempfile.mkdtemp(prefix="servelab-srv-"))
     proc = None
     try:
-        payload = {"create_app": create_app, "handler_class": handler_class, "model_dir": str(model_dir)}
-        if config is not None:
-            payload["config"] = config
-        dump_payload(payload, workdir / "app.pkl", "your create_app")
-        log_path = workdir / "server.log"
         ready = workdir / "port"
-        proc = spawn(
-            ["-m", "server_stub.runner", "--pickled", "app.pkl", "--port", "0", "--ready-file", str(ready)],
-            workdir,
-            log_path,
-        )
+        args = ["-m", "server_stub.runner", "--port", "0", "--ready-file", str(ready), "--model-dir", str(model_dir)]
+        if source is not None:
+            args += ["--source", str(Path(source).resolve())]
+            if config is not None:
+                args += ["--config", json.dumps(config)]
+        else:
+            if handler_class is None:
+                from server_stub.iris_handler import IrisHandler as handler_class
+            payload = {"create_app": create_app, "handler_class": handler_class, "model_dir": str(model_dir)}
+            if config is not None:
+                payload["config"] = config
+            dump_payload(payload, workdir / "app.pkl", "your create_app")
+            args += ["--pickled", "app.pkl"]
+        log_path = workdir / "server.log"
+        proc = spawn(args, workdir, log_path)
         port = _wait_ready(proc, ready, log_path, start_timeout)
         server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
         try:

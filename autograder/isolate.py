@@ -75,7 +75,8 @@ def _by_value(objs) -> None:
     """
     import cloudpickle
 
-    installed = (sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent.parent))
+    repo = Path(__file__).resolve().parent.parent
+    installed = (sys.prefix, sys.base_prefix, str(repo / "autograder"), str(repo / "server_stub"))
     for obj in objs:
         module = sys.modules.get(getattr(obj, "__module__", None) or "")
         origin = getattr(module, "__file__", None)

@@ -39,6 +39,12 @@ def _observe(handler_class, model_dir: str, calls: list):
             return value.item()
         return value
 
+    def listed(value):
+        try:
+            return plain(list(value))
+        except TypeError:
+            return None
+
     def raised(exc):
         info = describe_exception(exc)
         info["handler_error"] = isinstance(exc, HandlerError)
@@ -55,7 +61,17 @@ def _observe(handler_class, model_dir: str, calls: list):
         try:
             if method == "inference":
                 argument = np.asarray(argument, dtype=float)
-            result = handler.handle(argument, context) if method == "handle" else getattr(handler, method)(argument)
+            if method == "__dict__":
+                result = {
+                    "model_predicts": callable(getattr(getattr(handler, "model", None), "predict_proba", None)),
+                    "features": listed(getattr(handler, "features", None)),
+                    "classes": listed(getattr(handler, "classes", None)),
+                    "context_kept": getattr(handler, "context", None) is context,
+                }
+            elif method == "handle":
+                result = handler.handle(argument, context)
+            else:
+                result = getattr(handler, method)(argument)
             observations.append({"value": plain(result)})
         except Exception as exc:  # noqa: BLE001
             observations.append(raised(exc))
@@ -108,15 +124,24 @@ def _close(a, b) -> bool:
 
 
 def check_initialize(handler_class, model_dir=None) -> None:
-    """``initialize`` loads the model and sets ``initialized``; the handler then predicts."""
-    init, (obs,) = _run(handler_class, [("handle", [{"body": [5.1, 3.5, 1.4, 0.2]}])], model_dir)
+    """``initialize`` loads the model and the names in ``meta.json`` from the context's directory."""
+    from server_stub.model import read_meta
+
+    init, (obs,) = _run(handler_class, [("__dict__", None)], model_dir)
     if not init["initialized"]:
         raise CheckFailed("after initialize(context), handler.initialized should be True; it is not.")
-    if "raised" in obs:
-        raise CheckFailed(
-            "after initialize(context), handle() on one request should work, but it "
-            f"raised {obs['raised']['type']}: {obs['raised']['message']}"
-        )
+    state = obs.get("value") or {}
+    if not state.get("model_predicts"):
+        raise CheckFailed("after initialize(context), handler.model should be the loaded model (with predict_proba); it is not.")
+    meta = read_meta(_model_dir(model_dir))
+    for key in ("features", "classes"):
+        if state.get(key) != meta[key]:
+            raise CheckFailed(
+                f"after initialize(context), handler.{key} should be {meta[key]!r}, read from meta.json "
+                f"in the context's model_dir; it is {state.get(key)!r}."
+            )
+    if not state.get("context_kept"):
+        raise CheckFailed("after initialize(context), handler.context should be the context it was given.")
 
 
 def check_preprocess(handler_class, batch: list, model_dir=None) -> None:
