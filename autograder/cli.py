@@ -55,9 +55,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from autograder.release import release
+    from pathlib import Path
 
-    for path in release():
+    from autograder.release import generate_into, release
+
+    written = generate_into(Path(args.dest)) if args.dest else release()
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -76,6 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
+    p.add_argument("--dest", help="write the student notebooks here instead of notebooks/")
     p.set_defaults(func=cmd_release)
     p = sub.add_parser("demo", help="execute, drift-check and grade the whole workbook")
     p.set_defaults(func=cmd_demo)
