@@ -3,6 +3,7 @@
 Commands:
   check NOTEBOOK [--json]   grade one notebook (hidden tests included)
   release                   regenerate notebooks/ from solutions/
+  grade SUBMISSIONS         grade a class in parallel, isolated and resumable
   demo                      run, check and grade the whole workbook (``make demo``)
 """
 from __future__ import annotations
@@ -65,6 +66,31 @@ def cmd_release(args) -> int:
     return 0
 
 
+def cmd_grade(args) -> int:
+    from pathlib import Path
+
+    from autograder.classgrade import grade_class
+    from autograder.collect import CollectError
+    from autograder.sandbox import Limits
+
+    limits = Limits(notebook_seconds=args.notebook_timeout, submission_seconds=args.submission_timeout)
+    try:
+        run = grade_class(
+            Path(args.submissions), Path(args.out), workers=args.workers, force=args.force,
+            scheduler=args.scheduler, limits=limits, regexp=args.regexp,
+        )
+    except CollectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every grade stored so far is kept; run the same command again to finish", file=sys.stderr)
+        return 130
+    print(f"graded {run.graded} submissions ({run.skipped} already graded, {run.total} in all) in {run.seconds:.1f} s")
+    for name in ("gradebook.db", "grades.csv", "questions.csv", "feedback/", "report/index.html"):
+        print(f"  {run.out / name}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from autograder.demo import run_demo
 
@@ -81,6 +107,16 @@ def main(argv=None) -> int:
     p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     p.add_argument("--dest", help="write the student notebooks here instead of notebooks/")
     p.set_defaults(func=cmd_release)
+    p = sub.add_parser("grade", help="grade a class: parallel, isolated and resumable")
+    p.add_argument("submissions", help="an nbgrader course folder or its submitted/, or a folder or .zip of LMS exports")
+    p.add_argument("--out", default="build/grades", help="where the gradebook, CSVs, feedback and report go")
+    p.add_argument("--workers", type=int, default=None, help="parallel submissions (default: the number of cores)")
+    p.add_argument("--force", action="store_true", help="regrade submissions already in the gradebook")
+    p.add_argument("--scheduler", default=None, help="a Dask scheduler address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--regexp", default=None, help="zip_collect file-name pattern with student_id and file_id groups")
+    p.add_argument("--notebook-timeout", type=float, default=300.0, help="wall-clock seconds per notebook")
+    p.add_argument("--submission-timeout", type=float, default=900.0, help="wall-clock seconds per submission")
+    p.set_defaults(func=cmd_grade)
     p = sub.add_parser("demo", help="execute, drift-check and grade the whole workbook")
     p.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)

@@ -63,7 +63,7 @@ def nbgrader_env() -> dict:
 class Course:
     """An nbgrader course directory with ``sources`` (solution notebooks) as its assignment."""
 
-    def __init__(self, root: Path, sources: list[Path]):
+    def __init__(self, root: Path, sources: list[Path], db_url: str | None = None):
         self.root = Path(root)
         self.sources = [Path(s) for s in sources]
         source_dir = self.root / "source" / ASSIGNMENT
@@ -74,6 +74,7 @@ class Course:
             "c = get_config()\n"
             f"exec(compile(open({str(CONFIG)!r}).read(), {str(CONFIG)!r}, 'exec'))\n"
             f"c.CourseDirectory.root = {str(self.root)!r}\n"
+            + (f"c.CourseDirectory.db_url = {db_url!r}\n" if db_url else "")
         )
 
     @classmethod
@@ -137,21 +138,24 @@ class Course:
         if not (self.root / "gradebook.db").exists():
             self.generate()
 
-    def results(self, student: str) -> list[NotebookResult]:
-        """Per-question scores and outcomes for ``student``, from the gradebook."""
+    def results(self, student: str, names: list[str] | None = None) -> list[NotebookResult]:
+        """Per-question scores and outcomes for ``student``, from the gradebook.
+
+        ``names`` are the notebooks to read (default: those of the course's sources).
+        """
         from nbgrader.api import Gradebook, MissingEntry
 
         out = []
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gb:
-            for src in self.sources:
-                name = src.stem
+            for name in names if names is not None else [s.stem for s in self.sources]:
                 try:
                     nb = gb.find_submission_notebook(name, ASSIGNMENT, student)
                 except MissingEntry:
                     continue
-                outcomes = _cell_outcomes(self.root / "autograded" / student / ASSIGNMENT / src.name)
+                outcomes = _cell_outcomes(self.root / "autograded" / student / ASSIGNMENT / f"{name}.ipynb")
+                order = {grade_id: i for i, grade_id in enumerate(outcomes)}
                 questions = []
-                for grade in sorted(nb.grades, key=lambda g: _cell_order(src, g.name)):
+                for grade in sorted(nb.grades, key=lambda g: order.get(g.name, len(order))):
                     if grade.max_score == 0:
                         continue
                     score = float(grade.score)
@@ -165,14 +169,6 @@ class Course:
                     NotebookResult(student, name, float(nb.score), float(nb.max_score), questions)
                 )
         return out
-
-
-def _cell_order(source: Path, grade_id: str) -> int:
-    cells = json.loads(Path(source).read_text())["cells"]
-    for i, cell in enumerate(cells):
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id:
-            return i
-    return len(cells)
 
 
 def _cell_outcomes(autograded: Path) -> dict[str, tuple[str, str]]:

@@ -1,0 +1,238 @@
+"""Grade a whole class: in parallel, each submission isolated, resumable.
+
+``python -m autograder grade SUBMISSIONS`` is the CLI on top of :func:`grade_class`.
+
+- Submissions are graded by :func:`autograder.worker.grade_submission`, in a pool of local
+  threads (one sandboxed nbgrader per thread; the default is one per core) or, with
+  ``scheduler``, as tasks on a Dask cluster.
+- One writer (this process) stores each result as it completes in nbgrader's gradebook, in
+  one transaction per student that also records the student in the table
+  ``servelab_grading``. A student listed there is done: a rerun after a crash or ``kill -9``
+  grades only the others, and ``force`` regrades everyone.
+- Outputs in ``out``: ``gradebook.db``, ``grades.csv`` (nbgrader's export),
+  ``questions.csv``, ``autograded/``, ``feedback/<student>/index.html`` and ``report/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder.collect import Submission, collect
+from autograder.course import ASSIGNMENT, Course
+from autograder.grading import solution_notebooks
+from autograder.sandbox import Limits
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS servelab_grading (
+    student TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    score REAL NOT NULL,
+    max_score REAL NOT NULL,
+    seconds REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    result TEXT NOT NULL
+)
+"""
+
+
+@dataclass
+class ClassRun:
+    graded: int  # graded in this run
+    skipped: int  # already in the gradebook
+    total: int
+    seconds: float
+    out: Path
+    questions: int  # graded questions per submission, across the workbook
+
+
+def expected_questions(sources: list[Path]) -> dict[str, dict[str, float]]:
+    """``{notebook: {grade_id: points}}`` for the graded cells of each solution."""
+    out = {}
+    for src in sources:
+        cells = json.loads(src.read_text())["cells"]
+        out[src.stem] = {
+            c["metadata"]["nbgrader"]["grade_id"]: float(c["metadata"]["nbgrader"].get("points", 0))
+            for c in cells
+            if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c["metadata"]["nbgrader"].get("points")
+        }
+    return out
+
+
+def template_gradebook(sources: list[Path]) -> bytes:
+    """A gradebook that knows the assignment: what ``generate_assignment`` records."""
+    with Course.temporary(sources) as course:
+        course.generate()
+        return (course.root / "gradebook.db").read_bytes()
+
+
+def ensure_assignment(out: Path, sources: list[Path], template: bytes) -> None:
+    """Make ``out/gradebook.db`` know every notebook and graded cell of ``sources``.
+
+    A new gradebook starts from ``template``; an existing one that predates a notebook is
+    brought up to date by ``generate_assignment`` itself, keeping its grades.
+    """
+    db = out / "gradebook.db"
+    if not db.exists():
+        db.write_bytes(template)
+        return
+    from nbgrader.api import MissingEntry
+
+    with _gradebook(out) as gb:
+        try:
+            known = {nb.name for nb in gb.find_assignment(ASSIGNMENT).notebooks}
+        except MissingEntry:
+            known = set()
+    if {s.stem for s in sources} - known:
+        with tempfile.TemporaryDirectory(prefix="servelab-update-") as tmp:
+            Course(Path(tmp), sources, db_url=f"sqlite:///{db.resolve()}").generate()
+
+
+def _gradebook(out: Path):
+    from nbgrader.api import Gradebook
+
+    return Gradebook(f"sqlite:///{out / 'gradebook.db'}")
+
+
+def done_students(out: Path) -> set[str]:
+    from sqlalchemy import text
+
+    if not (out / "gradebook.db").exists():
+        return set()
+    with _gradebook(out) as gb:
+        gb.db.execute(text(TABLE))
+        gb.db.commit()
+        return {row[0] for row in gb.db.execute(text("SELECT student FROM servelab_grading"))}
+
+
+def store(out: Path, result: dict) -> None:
+    """Write one student's result into the gradebook, atomically with its completion mark."""
+    from nbgrader.api import MissingEntry
+    from sqlalchemy import text
+
+    student = result["student"]
+    for nb in result["notebooks"]:
+        if nb.get("autograded"):
+            dest = out / "autograded" / student / ASSIGNMENT / f"{nb['notebook']}.ipynb"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(nb["autograded"])
+    with _gradebook(out) as gb, warnings.catch_warnings():
+        # nbgrader's add_submission trips SQLAlchemy autoflush warnings that are harmless.
+        warnings.simplefilter("ignore")
+        gb.update_or_create_student(student)
+        try:
+            gb.find_submission(ASSIGNMENT, student)
+        except MissingEntry:
+            gb.add_submission(ASSIGNMENT, student)
+        for nb in result["notebooks"]:
+            if nb["notebook"] == "*":
+                continue
+            scores = {q["id"]: q["score"] for q in nb["questions"]}
+            notebook = gb.find_submission_notebook(nb["notebook"], ASSIGNMENT, student)
+            for grade in notebook.grades:
+                grade.auto_score = scores.get(grade.name, 0.0)
+        slim = {**result, "notebooks": [{k: v for k, v in nb.items() if k != "autograded"} for nb in result["notebooks"]]}
+        gb.db.execute(
+            text("INSERT OR REPLACE INTO servelab_grading VALUES (:s, :st, :sc, :mx, :sec, :t, :r)"),
+            {"s": student, "st": result["status"], "sc": result["score"], "mx": result["max_score"],
+             "sec": result["seconds"], "t": time.time(), "r": json.dumps(slim)},
+        )
+        gb.db.commit()
+
+
+def stored_results(out: Path) -> list[dict]:
+    from sqlalchemy import text
+
+    with _gradebook(out) as gb:
+        return [json.loads(r[0]) for r in gb.db.execute(text("SELECT result FROM servelab_grading ORDER BY student"))]
+
+
+def _payload(sub: Submission) -> dict[str, bytes]:
+    data = {}
+    for name, path in sub.notebooks.items():
+        try:
+            data[name] = path.read_bytes()
+        except OSError:
+            data[name] = b""
+    return data
+
+
+def grade_class(
+    submissions: Path,
+    out: Path,
+    workers: int | None = None,
+    force: bool = False,
+    scheduler: str | None = None,
+    limits: Limits | None = None,
+    regexp: str | None = None,
+    progress: bool = True,
+) -> ClassRun:
+    """Grade every submission under ``submissions`` into ``out``; see the module doc."""
+    from autograder.report import write_outputs
+
+    started = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = solution_notebooks()
+    expected = expected_questions(sources)
+    scratch = Path(tempfile.mkdtemp(prefix="servelab-collect-"))
+    try:
+        subs = collect(Path(submissions), list(expected), **({"regexp": regexp} if regexp else {}), scratch=scratch)
+        template = template_gradebook(sources)
+        ensure_assignment(out, sources, template)
+        done = set() if force else done_students(out)
+        todo = [s for s in subs if s.student not in done]
+        limits_dict = (limits or Limits()).to_dict()
+        args = [(s.student, _payload(s), template, expected, limits_dict) for s in todo]
+        workers = workers or os.cpu_count() or 1
+        bar = _progress(len(subs), len(subs) - len(todo), progress)
+        try:
+            for result in _run(args, workers, scheduler):
+                store(out, result)
+                bar.update(1)
+                bar.set_postfix_str(f"{result['student']}: {result['score']:g}/{result['max_score']:g}")
+        finally:
+            bar.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    write_outputs(out, stored_results(out), expected)
+    n_questions = sum(len(q) for q in expected.values())
+    return ClassRun(len(todo), len(subs) - len(todo), len(subs), time.monotonic() - started, out, n_questions)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="submission", desc="grading", disable=not enabled, dynamic_ncols=True)
+
+
+def _run(args: list[tuple], workers: int, scheduler: str | None):
+    """Yield each result as it completes, locally or on a Dask cluster."""
+    from autograder.worker import grade_submission
+
+    if not args:
+        return
+    if scheduler:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+
+        with Client(scheduler, timeout=30) as client:
+            futures = [client.submit(grade_submission, *a, pure=False, key=f"servelab-{a[0]}-{time.time_ns()}") for a in args]
+            for future in dask_completed(futures):
+                yield future.result()
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(grade_submission, *a) for a in args]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
