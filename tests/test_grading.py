@@ -13,7 +13,7 @@ from autograder.course import Course
 from autograder.grading import NOTEBOOKS, SOLUTIONS, solution_notebooks
 from autograder.release import drift, generate_into
 
-from wrong_impls import WRONG, apply
+from autograder.synth import WRONG, apply
 
 pytestmark = pytest.mark.slow
 

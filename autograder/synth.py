@@ -1,8 +1,10 @@
-"""Deliberately wrong answers, each a small edit of a solution notebook's answer cell.
+"""Synthetic submissions for tests and benchmarks.
 
-Each entry says which questions the bug must cost, and no others. The edits are exact text
+``WRONG`` holds deliberately wrong answers, each a small edit of a solution notebook's
+answer cell, with the questions the bug must cost and no others. The edits are exact text
 replacements, so a change to the solutions that they no longer match fails loudly instead
-of silently testing nothing.
+of silently testing nothing. :func:`make_class` builds a class of correct, partly wrong and
+broken submissions from them.
 """
 from __future__ import annotations
 
@@ -117,3 +119,37 @@ def apply(wrong: Wrong, solutions: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(nb))
     return dest
+
+
+BROKEN = {
+    "invalid_json": b"{not a notebook",
+    "empty_file": b"",
+}
+
+
+def make_class(dest: Path, n: int, solutions: Path, blanks: Path, notebooks: list[str]) -> dict[str, str]:
+    """Write ``n`` submissions to ``dest/submitted/<student>/servelab/``; return ``{student: kind}``.
+
+    Students rotate through: correct, partly wrong (one entry of ``WRONG`` per notebook that has
+    one), blank, and broken (an unreadable file). ``notebooks`` are the file names to submit.
+    """
+    kinds = {}
+    wrong_by_nb = {nb: [w for w in WRONG if w.notebook == nb and not w.name.endswith("hangs")] for nb in notebooks}
+    for i in range(n):
+        student = f"s{i:03d}"
+        folder = dest / "submitted" / student / "servelab"
+        folder.mkdir(parents=True, exist_ok=True)
+        kind = ("correct", "wrong", "blank", "broken")[i % 4]
+        for nb in notebooks:
+            target = folder / nb
+            if kind == "correct":
+                target.write_bytes((solutions / nb).read_bytes())
+            elif kind == "wrong" and wrong_by_nb[nb]:
+                options = wrong_by_nb[nb]
+                apply(options[(i // 4) % len(options)], solutions, target)
+            elif kind == "broken":
+                target.write_bytes(list(BROKEN.values())[(i // 4) % len(BROKEN)])
+            else:
+                target.write_bytes((blanks / nb).read_bytes())
+        kinds[student] = kind
+    return kinds
