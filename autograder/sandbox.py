@@ -122,22 +122,63 @@ class Cgroup:
                     time.sleep(0.1)
 
 
+def apply_limits(limits: Limits, cgroup_controllers: set[str]) -> None:
+    """Set the rlimits for the calling process (and so for all it starts)."""
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+    if "pids" not in cgroup_controllers:
+        # RLIMIT_NPROC counts every process of the user and does not bind root; the
+        # cgroup is the real limit where it exists.
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    if "memory" not in cgroup_controllers:
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    # A crashing kernel must not write core files into the course.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def _preexec(limits: Limits, cgroup: Cgroup):
     def apply():
         os.setsid()
         cgroup.join()
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        if "pids" not in cgroup.controllers:
-            # RLIMIT_NPROC counts every process of the user and does not bind root; the
-            # cgroup above is the real limit where it exists.
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        if "memory" not in cgroup.controllers:
-            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        # A crashing kernel must not write core files into the course.
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        apply_limits(limits, cgroup.controllers)
 
     return apply
+
+
+def run_nbgrader(args: list[str], *, cwd: Path, env: dict, limits: Limits, wall_seconds: float, log_path: Path) -> RunResult:
+    """``nbgrader <args>`` in the sandbox, forked from the preloaded zygote where possible."""
+    if sys.platform != "linux" or os.environ.get("SERVELAB_NO_ZYGOTE"):
+        return run_limited([str(Path(sys.executable).parent / "nbgrader"), *args], cwd=cwd, env=env,
+                           limits=limits, wall_seconds=wall_seconds, log_path=log_path)
+    from autograder.zygote import shared
+
+    zygote = shared()
+    cgroup = Cgroup(limits)
+    isolated = network_isolation_available()
+    started = time.monotonic()
+    timed_out = False
+    code = None
+    try:
+        rid = zygote.start({
+            "argv": args, "cwd": str(cwd), "env": env, "log": str(log_path), "limits": limits.to_dict(),
+            "cgroups": [str(d) for d in cgroup.dirs], "isolate_net": isolated,
+        })
+        pid = zygote.wait(rid, "pid", 30)
+        code = zygote.wait(rid, "exit", max(0.0, wall_seconds - (time.monotonic() - started))) if pid else None
+        if pid and code is None:
+            timed_out = zygote.alive()
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            code = zygote.wait(rid, "exit", 10)
+        cgroup.kill_all()
+        zygote.forget(rid)
+    finally:
+        cgroup.remove()
+    truncated = _truncate(log_path, limits.output_bytes)
+    isolation = ("netns" if isolated else "ports") + "".join(f"+{c}" for c in sorted(cgroup.controllers))
+    return RunResult(None if timed_out else code, time.monotonic() - started, timed_out, truncated, isolation)
 
 
 def run_limited(argv: list[str], *, cwd: Path, env: dict, limits: Limits, wall_seconds: float, log_path: Path) -> RunResult:

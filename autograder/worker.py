@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from autograder.course import ASSIGNMENT, Course, GradingError, nbgrader_env
-from autograder.sandbox import Limits, run_limited
+from autograder.sandbox import Limits, run_nbgrader
 
 
 def grade_submission(student: str, notebooks: dict[str, bytes], template_db: bytes, expected: dict[str, dict], limits: dict) -> dict:
@@ -50,9 +49,8 @@ def grade_submission(student: str, notebooks: dict[str, bytes], template_db: byt
                 results.append(_zero(name, expected[name], "timeout", "the submission's time limit ran out before this notebook", 0.0))
                 continue
             course.submit(student, _write(work / "incoming" / f"{name}.ipynb", data))
-            run = run_limited(
-                [str(Path(sys.executable).parent / "nbgrader"), "autograde", ASSIGNMENT, "--force",
-                 f"--student={student}", f"--notebook={name}"],
+            run = run_nbgrader(
+                ["autograde", ASSIGNMENT, "--force", f"--student={student}", f"--notebook={name}"],
                 cwd=work, env=nbgrader_env(), limits=limits,
                 wall_seconds=min(limits.notebook_seconds, remaining), log_path=work / f"{name}.log",
             )

@@ -1,0 +1,194 @@
+"""A process that has nbgrader imported and forks one sandboxed child per notebook to grade.
+
+Starting ``nbgrader`` costs seconds of imports (nbconvert, nbclient, SQLAlchemy, traitlets)
+before any student code runs; paid once per notebook, that is most of the overhead of
+grading a class. The zygote pays it once: it imports nbgrader, then for each request
+forks a child that sets up the sandbox (:mod:`autograder.sandbox`: new session, cgroups or
+rlimits, and, on Linux as root, a network namespace with only loopback) and runs
+``nbgrader <args>`` in-process.
+
+Protocol (JSON lines): the parent writes ``{"id", "argv", "cwd", "env", "log", "limits",
+"cgroups"}`` to the zygote's stdin; the zygote answers ``{"id", "pid"}`` when the child is
+forked and ``{"id", "exit"}`` when it has ended. The zygote itself stays single-threaded,
+so forking it is safe.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+
+
+def _unshare_net() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        return False
+    return subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True).returncode == 0
+
+
+def _child(req: dict) -> None:
+    """In the forked child: enter the sandbox, then run nbgrader. Never returns."""
+    code = 1
+    try:
+        from autograder.sandbox import Limits, apply_limits
+
+        os.setsid()
+        for d in req["cgroups"]:
+            with open(Path(d) / "cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+        if req["isolate_net"] and not _unshare_net():
+            raise SystemExit(70)
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        apply_limits(Limits(**req["limits"]), {Path(d).parent.name for d in req["cgroups"]})
+        sys.argv = ["nbgrader", *req["argv"]]
+        from nbgrader.apps.nbgraderapp import main
+
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - report through the exit code and the log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    """The zygote's loop: fork on request, report each child's end."""
+    import nbgrader.apps  # noqa: F401 - the point: import once, before forking
+    import nbgrader.apps.nbgraderapp  # noqa: F401
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = sys.stdout
+    children: dict[int, str] = {}
+    buffer = b""
+    stdin = sys.stdin.fileno()
+    while True:
+        ready, _, _ = select.select([stdin], [], [], 0.05)
+        if ready:
+            chunk = os.read(stdin, 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                req = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _child(req)
+                children[pid] = req["id"]
+                out.write(json.dumps({"id": req["id"], "pid": pid}) + "\n")
+                out.flush()
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            rid = children.pop(pid, None)
+            if rid is not None:
+                out.write(json.dumps({"id": rid, "exit": os.waitstatus_to_exitcode(status)}) + "\n")
+                out.flush()
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Zygote:
+    """The parent's handle on a zygote process; safe to use from several threads."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "autograder.zygote"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._lock = threading.Lock()
+        self._waiting: dict[str, dict] = {}
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._n = 0
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self._cond:
+                self._waiting.setdefault(msg["id"], {}).update(msg)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(self, req: dict) -> str:
+        with self._lock:
+            self._n += 1
+            rid = f"r{self._n}"
+            self.proc.stdin.write((json.dumps({**req, "id": rid}) + "\n").encode())
+            self.proc.stdin.flush()
+        return rid
+
+    def wait(self, rid: str, key: str, timeout: float):
+        """The value of ``key`` ("pid" or "exit") for request ``rid``, or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while key not in self._waiting.get(rid, {}):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive():
+                    return None
+                self._cond.wait(min(left, 0.5))
+            return self._waiting[rid][key]
+
+    def forget(self, rid: str) -> None:
+        with self._cond:
+            self._waiting.pop(rid, None)
+
+    def close(self) -> None:
+        if self.alive():
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+_shared: Zygote | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Zygote:
+    """The zygote of this process, started on first use (a Dask worker gets its own)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive():
+            _shared = Zygote()
+        return _shared
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,143 @@
+"""Benchmark: stock serial ``nbgrader autograde`` against ``python -m autograder grade``.
+
+One run, one synthetic class of N submissions (correct, partly wrong, blank, broken, in
+rotation; see :func:`autograder.synth.make_class`):
+
+1. **bare**: every submission's notebooks executed with nbclient, one after another, with no
+   grading at all (the notebooks as nbgrader would run them: hidden tests restored). This is
+   the floor: bare / workers is what perfect parallel grading would take.
+2. **stock**: ``nbgrader autograde servelab`` over the class in one course directory, serially,
+   as nbgrader ships.
+3. **grade**: ``python -m autograder grade`` with ``--workers`` (default: cores).
+
+It prints the three wall times, stock / grade, grade / (bare / workers), and whether every
+question's score in the two gradebooks is identical. Targets on a 2-core machine: stock/grade
+>= 1.8 with identical scores, and grade within 15% of bare / workers.
+
+    python bench/grading/run.py --n 40 --notebooks 05_flask_api
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from autograder.classgrade import grade_class  # noqa: E402
+from autograder.course import ASSIGNMENT, Course, nbgrader_env  # noqa: E402
+from autograder.grading import NOTEBOOKS, SOLUTIONS  # noqa: E402
+from autograder.synth import make_class  # noqa: E402
+
+
+def gradebook_scores(db: Path) -> dict:
+    from nbgrader.api import Gradebook
+
+    got = {}
+    with Gradebook(f"sqlite:///{db}") as gb:
+        for student in gb.students:
+            for sub in student.submissions:
+                for nb in sub.notebooks:
+                    for grade in nb.grades:
+                        got[(student.id, nb.name, grade.name)] = float(grade.score)
+    return got
+
+
+def stock(class_dir: Path, sources: list[Path], work: Path) -> tuple[float, Path]:
+    """Serial nbgrader: one course directory, ``nbgrader autograde`` once for everyone."""
+    course = Course(work, sources)
+    course.generate()
+    shutil.copytree(class_dir / "submitted", work / "submitted")
+    started = time.monotonic()
+    subprocess.run(
+        [str(Path(sys.executable).parent / "nbgrader"), "autograde", ASSIGNMENT, "--force"],
+        cwd=work, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return time.monotonic() - started, work / "gradebook.db"
+
+
+def bare(class_dir: Path, sources: list[Path], work: Path) -> float:
+    """Execute each submission's notebooks with nbclient (hidden tests restored), serially."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    # The notebooks nbgrader would execute: the submissions after autograde's cell overwrite
+    # are what stock grading leaves in autograded/, with outputs cleared.
+    total = 0.0
+    for nb_path in sorted((work / "autograded").glob(f"*/{ASSIGNMENT}/*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        started = time.monotonic()
+        client = NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True,
+                                resources={"metadata": {"path": str(nb_path.parent)}})
+        try:
+            client.execute()
+        except Exception:  # noqa: BLE001 - broken notebooks count as far as they ran
+            pass
+        total += time.monotonic() - started
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=40, help="submissions in the class")
+    parser.add_argument("--notebooks", default="05_flask_api", help="comma-separated notebook names to submit")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--keep", default=None, help="keep the work folder here")
+    args = parser.parse_args()
+
+    names = [f"{n}.ipynb" for n in args.notebooks.split(",")]
+    sources = [SOLUTIONS / n for n in names]
+    work = Path(args.keep or tempfile.mkdtemp(prefix="servelab-bench-"))
+    if args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    class_dir = work / "class"
+    kinds = make_class(class_dir, args.n, SOLUTIONS, NOTEBOOKS, names)
+    print(f"class: {args.n} submissions of {', '.join(names)}; "
+          + ", ".join(f"{k} {list(kinds.values()).count(k)}" for k in ("correct", "wrong", "blank", "broken")), flush=True)
+
+    stock_s, stock_db = stock(class_dir, sources, work / "stock")
+    print(f"stock nbgrader autograde (serial): {stock_s:.1f} s", flush=True)
+    bare_s = bare(class_dir, sources, work / "stock")
+    print(f"bare execution (serial nbclient):  {bare_s:.1f} s; / {args.workers} workers = {bare_s / args.workers:.1f} s", flush=True)
+
+    # grade() sees only the notebooks named here as the assignment.
+    import autograder.classgrade as cg
+
+    cg.solution_notebooks = lambda: sources
+    started = time.monotonic()
+    grade_class(class_dir, work / "grade", workers=args.workers, progress=False)
+    grade_s = time.monotonic() - started
+    print(f"python -m autograder grade:        {grade_s:.1f} s ({args.workers} workers)", flush=True)
+
+    ours = gradebook_scores(work / "grade" / "gradebook.db")
+    theirs = gradebook_scores(stock_db)
+    identical = ours == theirs
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    summary = {
+        "n": args.n, "notebooks": args.notebooks, "workers": args.workers,
+        "stock_s": round(stock_s, 1), "grade_s": round(grade_s, 1), "bare_s": round(bare_s, 1),
+        "speedup": round(stock_s / grade_s, 2), "vs_ideal": round(grade_s / (bare_s / args.workers), 3),
+        "identical_scores": identical, "questions_compared": len(ours),
+    }
+    print(f"speed-up stock/grade: {summary['speedup']:.2f}x (target >= 1.8)")
+    print(f"grade / (bare / workers): {summary['vs_ideal']:.3f} (target <= 1.15)")
+    print(f"identical scores: {identical} ({len(ours)} question scores compared)" + (f"; first differences: {diff[:5]}" if diff else ""))
+    print(json.dumps(summary))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
