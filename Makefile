@@ -45,6 +45,12 @@ release: setup
 check: setup
 	$(BIN)/python -m autograder check $(NB)
 
+## Grade a class: make grade SUBMISSIONS=path [OUT=build/grades] [WORKERS=n] [SCHEDULER=tcp://host:8786]
+OUT ?= build/grades
+grade: setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<course dir, submitted/, folder or .zip> [OUT=build/grades]"; exit 2; }
+	$(BIN)/python -m autograder grade "$(SUBMISSIONS)" --out "$(OUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
 ## Re-resolve requirements.in into requirements.txt and environment.yml.
 lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv

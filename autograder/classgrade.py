@@ -179,6 +179,10 @@ def grade_class(
     started = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not scheduler:
+        from autograder.zygote import shared
+
+        shared()  # start importing nbgrader now, while submissions are collected
     sources = solution_notebooks()
     expected = expected_questions(sources)
     scratch = Path(tempfile.mkdtemp(prefix="servelab-collect-"))

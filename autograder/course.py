@@ -93,19 +93,23 @@ class Course:
             shutil.rmtree(root, ignore_errors=True)
 
     def run(self, *args: str) -> None:
-        """Run ``nbgrader <args>`` in the course; raise :class:`GradingError` if it fails."""
+        """Run ``nbgrader <args>`` in the course; raise :class:`GradingError` if it fails.
+
+        It runs in a child of the zygote (nbgrader already imported), or as the ``nbgrader``
+        command where there is no zygote.
+        """
+        from autograder.zygote import run_trusted
+
         log = self.root / "nbgrader.log"
-        with open(log, "ab") as out:
-            proc = subprocess.run(
-                [str(Path(sys.executable).parent / "nbgrader"), *args],
-                cwd=self.root,
-                env=nbgrader_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        if proc.returncode != 0:
-            raise GradingError(f"nbgrader {' '.join(args)} failed (exit {proc.returncode}):\n{self.log_tail()}")
+        code = run_trusted(list(args), self.root, nbgrader_env(), log)
+        if code is None:
+            with open(log, "ab") as out:
+                code = subprocess.run(
+                    [str(Path(sys.executable).parent / "nbgrader"), *args],
+                    cwd=self.root, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                ).returncode
+        if code != 0:
+            raise GradingError(f"nbgrader {' '.join(args)} failed (exit {code}):\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 25) -> str:
         text = (self.root / "nbgrader.log").read_text(errors="replace")

@@ -12,13 +12,10 @@ Everything a student wrote (ids, messages) is HTML-escaped.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
-from autograder.course import nbgrader_env
 
 _ENV = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
 
@@ -81,13 +78,12 @@ def write_question_csv(path: Path, results: list[dict]) -> None:
 
 
 def export_grades(out: Path) -> None:
-    """``nbgrader export`` of the gradebook into ``grades.csv``."""
-    db = f"sqlite:///{out / 'gradebook.db'}"
-    subprocess.run(
-        [str(Path(sys.executable).parent / "nbgrader"), "export", f"--CourseDirectory.db_url={db}",
-         f"--CourseDirectory.root={out}", f"--CsvExportPlugin.to={out / 'grades.csv'}"],
-        cwd=out, env=nbgrader_env(), stdin=subprocess.DEVNULL, capture_output=True, check=True,
-    )
+    """nbgrader's own CSV export of the gradebook (what ``nbgrader export`` writes) into ``grades.csv``."""
+    from nbgrader.api import Gradebook
+    from nbgrader.plugins.export import CsvExportPlugin
+
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        CsvExportPlugin(to=str(out / "grades.csv")).export(gb)
 
 
 def question_stats(results: list[dict], expected: dict[str, dict[str, float]]) -> list[dict]:

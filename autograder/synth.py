@@ -22,9 +22,21 @@ class Wrong:
     why: str
 
 
-H, A = "04_model_handler.ipynb", "05_flask_api.ipynb"
+O, H, A = "00_orientation.ipynb", "04_model_handler.ipynb", "05_flask_api.ipynb"
 
 WRONG = [
+    Wrong(
+        "unsorted_mismatches", O,
+        (("        for name in sorted(pins)\n", "        for name in pins\n"),),
+        frozenset({"q00_version_mismatches"}),
+        "lists version mismatches in the wrong order (caught only by the hidden tests)",
+    ),
+    Wrong(
+        "exact_package_names", O,
+        (("        return re.sub(r\"[-_.]+\", \"-\", name).strip().lower()", "        return name.strip()"),),
+        frozenset({"q00_pinned_version"}),
+        "matches package names exactly, so Flask != flask and scikit_learn != scikit-learn",
+    ),
     Wrong(
         "extra_prediction", H,
         (("for k, row in zip(best, y)]", "for k, row in zip(best, y)] + [{\"label\": self.classes[0], \"confidence\": 1.0}]"),),
