@@ -13,7 +13,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export NO_PROXY := 127.0.0.1,localhost,::1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test lab release check grade lock clean
+.PHONY: setup browser demo test lab release check grade lock clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,18 @@ demo: setup
 	$(BIN)/python -m autograder demo
 
 ## Every test.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+## Debian's chromium, for the JupyterLab browser test. Installed with apt-get when we are root;
+## where it cannot be installed the browser test skips and says why. No browser is downloaded.
+browser:
+	@if [ -x /usr/bin/chromium ]; then /usr/bin/chromium --version; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium with apt-get ..."; \
+	  ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	    && /usr/bin/chromium --version ) || echo "could not install chromium; the browser test will skip"; \
+	else echo "chromium is not installed and this user cannot apt-get it; the browser test will skip"; fi
 
 ## Students: JupyterLab on the workbook, on loopback only.
 lab: setup

@@ -3,7 +3,8 @@
 1. Execute every solution notebook headlessly with papermill into ``build/executed/``.
 2. Check that ``notebooks/`` is exactly what ``nbgrader generate_assignment`` makes of ``solutions/``.
 3. Grade the solutions (they must get full marks) and the blank student notebooks (they must
-   get zero, without breaking the grader) with real ``nbgrader autograde``.
+   get zero, without breaking the grader) with ``python -m autograder grade``, which runs real
+   ``nbgrader autograde`` per notebook; the class report goes to ``build/grades/report/``.
 4. Print a score table.
 
 Exit status 0 only if every step holds.
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from autograder import REPO
-from autograder.course import Course, NotebookResult
+from autograder.course import NotebookResult, Question
 from autograder.grading import NOTEBOOKS, solution_notebooks
 
 BUILD = REPO / "build"
@@ -35,18 +36,32 @@ def execute_all(out_dir: Path = BUILD / "executed") -> list[tuple[str, float]]:
     return timings
 
 
-def grade_invariants(keep: Path | None = None) -> tuple[list[NotebookResult], list[str]]:
+def grade_invariants(out: Path = BUILD / "grades") -> tuple[list[NotebookResult], list[str], float]:
     """Grade the solutions as student ``solution`` and notebooks/ as student ``blank``.
 
-    Returns the results and the broken invariants (empty when all hold).
+    Uses ``python -m autograder grade`` (parallel, sandboxed, with the class report in
+    ``out/report/``). Returns the results, the broken invariants (empty when all hold) and
+    the grading wall time.
     """
+    import shutil
+
+    from autograder.classgrade import grade_class, stored_results
+
     sources = solution_notebooks()
-    with Course.temporary(sources, keep=keep) as course:
-        for nb in sources:
-            course.submit("solution", nb)
-            course.submit("blank", NOTEBOOKS / nb.name)
-        course.autograde()
-        results = course.results("solution") + course.results("blank")
+    class_dir = BUILD / "demo-class"
+    shutil.rmtree(class_dir, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    for nb in sources:
+        for student, src in (("solution", nb), ("blank", NOTEBOOKS / nb.name)):
+            dest = class_dir / "submitted" / student / "servelab" / nb.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest)
+    run = grade_class(class_dir, out, progress=False)
+    results = [
+        NotebookResult(r["student"], nb["notebook"], nb["score"], nb["max_score"],
+                       [Question(**q) for q in nb["questions"]])
+        for r in stored_results(out) for nb in r["notebooks"]
+    ]
     problems = []
     for r in results:
         if r.student == "solution" and r.score != r.max_score:
@@ -55,12 +70,14 @@ def grade_invariants(keep: Path | None = None) -> tuple[list[NotebookResult], li
         if r.student == "blank" and r.score != 0:
             won = [q.id for q in r.questions if q.score > 0]
             problems.append(f"blank {r.notebook}: {r.score:g}/{r.max_score:g}; scored on {', '.join(won)}")
+        if r.student == "blank" and any(q.status not in ("failed", "unanswered") for q in r.questions):
+            problems.append(f"blank {r.notebook}: a question ended as {[q.status for q in r.questions]}, not failed or unanswered")
     graded = {(r.student, r.notebook) for r in results}
     for nb in sources:
         for student in ("solution", "blank"):
             if (student, nb.stem) not in graded:
                 problems.append(f"{student} {nb.stem}: no grade recorded")
-    return results, problems
+    return results, problems, run.seconds
 
 
 def score_table(results: list[NotebookResult]) -> str:
@@ -97,10 +114,9 @@ def run_demo() -> int:
     if not problems:
         print(f"    notebooks/ is current ({len(list(fresh.glob('*.ipynb')))} notebooks)")
 
-    print("3/4 grading solutions and blank notebooks with nbgrader autograde ...", flush=True)
-    t = time.monotonic()
-    results, broken = grade_invariants(keep=BUILD / "course")
-    print(f"    graded {len(results)} notebooks in {time.monotonic() - t:.1f} s")
+    print("3/4 grading solutions and blank notebooks (python -m autograder grade) ...", flush=True)
+    results, broken, seconds = grade_invariants()
+    print(f"    graded {len(results)} notebooks in {seconds:.1f} s; class report: build/grades/report/index.html")
     for p in broken:
         print(f"    FAIL {p}")
     ok &= not broken

@@ -11,6 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+# Feature values beyond this magnitude are refused: no iris is a kilometre long, and values
+# near the float limit overflow inside the model (a 500 instead of a 400).
+MAX_ABS_VALUE = 1_000_000.0
+
+
 class HandlerError(Exception):
     """A request the handler cannot serve.
 

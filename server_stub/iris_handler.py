@@ -11,7 +11,7 @@ from numbers import Real
 
 import numpy as np
 
-from server_stub.handler import BaseHandler, Context, HandlerError
+from server_stub.handler import MAX_ABS_VALUE, BaseHandler, Context, HandlerError
 from server_stub.model import MODEL_FILE, read_meta
 
 
@@ -53,6 +53,8 @@ class IrisHandler(BaseHandler):
                 raise HandlerError(f"instance {index}: feature '{name}' must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise HandlerError(f"instance {index}: feature '{name}' must be finite, got {value!r}")
+            if abs(value) > MAX_ABS_VALUE:
+                raise HandlerError(f"instance {index}: feature '{name}' is out of range (±{MAX_ABS_VALUE:g}), got {value!r}")
             row.append(float(value))
         return row
 

@@ -97,8 +97,9 @@ def test_notebooks_match_a_fresh_generate_assignment(tmp_path):
 
 def test_hidden_tests_exist_in_solutions_and_never_reach_students():
     for nb in solution_notebooks():
-        text = nb.read_text()
-        assert "### BEGIN HIDDEN TESTS" in text, nb.name
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+                assert "### BEGIN HIDDEN TESTS" in "".join(cell["source"]), (nb.name, cell["metadata"]["nbgrader"]["grade_id"])
         student = (NOTEBOOKS / nb.name).read_text()
         assert "HIDDEN TESTS" not in student and "BEGIN SOLUTION" not in student, nb.name
 

@@ -106,6 +106,69 @@ def _expect_error(srv, case: dict) -> None:
         raise CheckFailed(f"{what}: the error message should name {mentions!r}; it was {body['error']!r}.")
 
 
+def _fuzz_problem(r) -> str | None:
+    """What is wrong with a fuzzed request's answer, or None."""
+    if r.status_code >= 500:
+        return f"returned {r.status_code}; no request a client can send may cause a 5xx"
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+            return f"returned {r.status_code} with {r.text[:120]!r}; errors must be JSON {{\"error\": \"...\"}}"
+    return None
+
+
+def check_fuzz(create_app, examples: int = 150, config=None, **server) -> int:
+    """Generated requests, valid and invalid, from the API's OpenAPI document: no 5xx, JSON errors.
+
+    The requests come from ``server_stub.openapi.spec()`` through schemathesis and Hypothesis
+    (derandomized, so a run is repeatable). Returns the number of requests sent; raises
+    :class:`CheckFailed` naming up to three requests that broke the rule.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        # Nothing may reach a test cell's stderr, Hypothesis' and schemathesis' notes included.
+        warnings.simplefilter("ignore")
+        import schemathesis
+        from hypothesis import HealthCheck, Phase, given, settings
+        from hypothesis import strategies as st
+
+        from server_stub.openapi import spec
+
+        limits = LIMITS if config is None else config
+        schema = schemathesis.openapi.from_dict(spec(max_batch=limits.get("MAX_BATCH", 64)))
+        strategy = st.one_of(
+            schema.as_strategy(schemathesis.GenerationMode.POSITIVE),
+            schema.as_strategy(schemathesis.GenerationMode.NEGATIVE),
+        )
+        sent, failures = [], []
+        with live_server(create_app, config=limits, **server) as srv:
+
+            @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+            @given(case=strategy)
+            def run(case):
+                where = f"{case.method} {case.formatted_path}"
+                try:
+                    r = case.call(base_url=srv.base_url, session=srv.session, timeout=5)
+                except Exception as exc:  # noqa: BLE001 - a hang or a dropped connection
+                    problem = f"got no answer ({type(exc).__name__})"
+                else:
+                    problem = _fuzz_problem(r)
+                sent.append(where)
+                if problem and len(failures) < 3:
+                    body = case.body if not isinstance(case.body, (bytes, str)) else case.body[:80]
+                    failures.append(f"{where} with body {body!r}: {problem}")
+
+            run()
+    if failures:
+        raise CheckFailed(f"{len(sent)} generated requests; these broke the rule:\n" + "\n".join(failures))
+    return len(sent)
+
+
 def big_batch(n: int) -> dict:
     """A request body with ``n`` copies of one valid instance."""
     return {"instances": [[5.1, 3.5, 1.4, 0.2]] * n}
