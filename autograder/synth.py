@@ -69,12 +69,6 @@ WRONG = [
         "hard-codes the class names instead of reading meta.json (caught only by the hidden tests)",
     ),
     Wrong(
-        "inference_hangs", H,
-        (("        return self.model.predict_proba(x)\n", "        while True:\n            pass\n"),),
-        frozenset({"q04_inference", "q04_handle"}),
-        "inference never returns: a hang",
-    ),
-    Wrong(
         "handler_error_is_500", A,
         (("    @app.errorhandler(HandlerError)\n    def handler_error(exc):\n        return error(exc.status, exc.message)\n", ""),),
         frozenset({"q05_errors"}),
