@@ -105,7 +105,7 @@ def _from_exports(folder: Path, notebook_names: list[str], regexp: str) -> dict[
     latest: dict[tuple[str, str], tuple[str, Path]] = {}
     subs: dict[str, Submission] = {}
     for file in sorted(folder.rglob("*.ipynb")):
-        info = plugin.collect(str(file.name[: -len(".ipynb")]))
+        info = plugin.collect(file.name)
         if not info or not STUDENT_ID.match(info.get("student_id") or ""):
             continue
         student, file_id, stamp = info["student_id"], info["file_id"], info.get("timestamp") or ""

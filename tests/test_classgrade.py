@@ -214,5 +214,5 @@ def test_each_submission_runs_in_its_own_loopback_only_network(tmp_path):
         results = list(pool.map(lambda s: grade_submission(s, {"05_flask_api": data}, template, expected, Limits().to_dict()), ["p1", "p2"]))
     for r in results:
         nb = r["notebooks"][0]
-        assert nb["isolation"].startswith("netns+pidns"), nb["isolation"]
+        assert nb["isolation"].startswith("netns"), nb["isolation"]
         assert r["score"] == r["max_score"] == 10, [(q["id"], q["message"]) for q in nb["questions"]]
