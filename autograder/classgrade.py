@@ -146,6 +146,20 @@ def store(out: Path, result: dict) -> None:
         gb.db.commit()
 
 
+def gradebook_scores(db: Path) -> dict[tuple[str, str, str], float]:
+    """``{(student, notebook, grade_id): score}`` read straight from an nbgrader gradebook."""
+    from nbgrader.api import Gradebook
+
+    got = {}
+    with Gradebook(f"sqlite:///{db}") as gb:
+        for student in gb.students:
+            for sub in student.submissions:
+                for nb in sub.notebooks:
+                    for grade in nb.grades:
+                        got[(student.id, nb.name, grade.name)] = float(grade.score)
+    return got
+
+
 def stored_results(out: Path) -> list[dict]:
     from sqlalchemy import text
 

@@ -79,13 +79,8 @@ class Course:
 
     @classmethod
     @contextmanager
-    def temporary(cls, sources: list[Path], keep: Path | None = None):
-        """A course in a temporary folder (or in ``keep``, which is emptied first and kept)."""
-        if keep is not None:
-            shutil.rmtree(keep, ignore_errors=True)
-            keep.mkdir(parents=True)
-            yield cls(keep, sources)
-            return
+    def temporary(cls, sources: list[Path]):
+        """A course in a temporary folder, removed afterwards."""
         root = Path(tempfile.mkdtemp(prefix="servelab-course-"))
         try:
             yield cls(root, sources)

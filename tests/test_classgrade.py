@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from autograder import REPO
-from autograder.classgrade import grade_class
+from autograder.classgrade import grade_class, gradebook_scores
 from autograder.grading import NOTEBOOKS, SOLUTIONS
 from autograder.sandbox import Limits, network_isolation_available
 from autograder.synth import make_class
@@ -24,17 +24,8 @@ N = 12
 
 
 def scores(out) -> dict:
-    """``{(student, question): score}`` straight from the nbgrader gradebook."""
-    from nbgrader.api import Gradebook
-
-    got = {}
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
-        for student in gb.students:
-            for sub in student.submissions:
-                for nb in sub.notebooks:
-                    for grade in nb.grades:
-                        got[(student.id, grade.name)] = grade.score
-    return got
+    """``{(student, notebook, question): score}`` straight from the nbgrader gradebook."""
+    return gradebook_scores(out / "gradebook.db")
 
 
 def _questions(nb: str) -> list[dict]:
@@ -72,7 +63,7 @@ def test_every_submission_is_graded_and_a_broken_one_does_not_stop_the_run(grade
     got = scores(out)
     full = sum(q["max_score"] for q in _questions(NB))
     for student, kind in kinds.items():
-        total = sum(v for (s, _), v in got.items() if s == student)
+        total = sum(v for (s, _, _), v in got.items() if s == student)
         if kind == "correct":
             assert total == full, student
         elif kind in ("blank", "broken"):

@@ -31,23 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from autograder.classgrade import grade_class  # noqa: E402
+from autograder.classgrade import grade_class, gradebook_scores  # noqa: E402
 from autograder.course import ASSIGNMENT, Course, nbgrader_env  # noqa: E402
 from autograder.grading import NOTEBOOKS, SOLUTIONS  # noqa: E402
 from autograder.synth import make_class  # noqa: E402
-
-
-def gradebook_scores(db: Path) -> dict:
-    from nbgrader.api import Gradebook
-
-    got = {}
-    with Gradebook(f"sqlite:///{db}") as gb:
-        for student in gb.students:
-            for sub in student.submissions:
-                for nb in sub.notebooks:
-                    for grade in nb.grades:
-                        got[(student.id, nb.name, grade.name)] = float(grade.score)
-    return got
 
 
 def stock(class_dir: Path, sources: list[Path], work: Path) -> tuple[float, Path]:
