@@ -60,7 +60,11 @@ def cmd_release(args) -> int:
 
     from autograder.release import generate_into, release
 
-    written = generate_into(Path(args.dest)) if args.dest else release()
+    try:
+        written = generate_into(Path(args.dest), args.only) if args.dest else release(only=args.only)
+    except ValueError as exc:
+        print(f"release: {exc}", file=sys.stderr)
+        return 2
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -106,6 +110,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     p.add_argument("--dest", help="write the student notebooks here instead of notebooks/")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="only these notebooks (e.g. 08_load_latency)")
     p.set_defaults(func=cmd_release)
     p = sub.add_parser("grade", help="grade a class: parallel, isolated and resumable")
     p.add_argument("submissions", help="an nbgrader course folder or its submitted/, or a folder or .zip of LMS exports")

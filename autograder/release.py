@@ -9,11 +9,17 @@ from autograder.course import Course
 from autograder.grading import NOTEBOOKS, solution_notebooks
 
 
-def generate_into(dest: Path) -> list[Path]:
-    """Run generate_assignment over every solution notebook; copy the results into ``dest``."""
+def generate_into(dest: Path, only: list[str] | None = None) -> list[Path]:
+    """Run generate_assignment over the solution notebooks; copy the results into ``dest``.
+
+    ``only`` limits it to the notebooks whose stem or file name is listed.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    with Course.temporary(solution_notebooks()) as course:
+    sources = [nb for nb in solution_notebooks() if not only or nb.stem in only or nb.name in only]
+    if not sources:
+        raise ValueError(f"no solution notebook matches {only}")
+    with Course.temporary(sources) as course:
         release_dir = course.generate()
         for nb in sorted(release_dir.glob("*.ipynb")):
             shutil.copy(nb, dest / nb.name)
@@ -21,13 +27,14 @@ def generate_into(dest: Path) -> list[Path]:
     return written
 
 
-def release(dest: Path = NOTEBOOKS) -> list[Path]:
-    """Regenerate ``notebooks/``. Notebooks without a solution are removed."""
-    fresh = {p.name for p in solution_notebooks()}
-    for old in dest.glob("*.ipynb"):
-        if old.name not in fresh:
-            old.unlink()
-    return generate_into(dest)
+def release(dest: Path = NOTEBOOKS, only: list[str] | None = None) -> list[Path]:
+    """Regenerate ``notebooks/`` (or only the listed notebooks). Notebooks without a solution are removed."""
+    if not only:
+        fresh = {p.name for p in solution_notebooks()}
+        for old in dest.glob("*.ipynb"):
+            if old.name not in fresh:
+                old.unlink()
+    return generate_into(dest, only)
 
 
 def drift(generated: Path, committed: Path = NOTEBOOKS) -> list[str]:
