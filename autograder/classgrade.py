@@ -138,6 +138,7 @@ def store(out: Path, result: dict) -> None:
             for grade in notebook.grades:
                 grade.auto_score = scores.get(grade.name, 0.0)
         slim = {**result, "notebooks": [{k: v for k, v in nb.items() if k != "autograded"} for nb in result["notebooks"]]}
+        gb.db.execute(text(TABLE))
         gb.db.execute(
             text("INSERT OR REPLACE INTO servelab_grading VALUES (:s, :st, :sc, :mx, :sec, :t, :r)"),
             {"s": student, "st": result["status"], "sc": result["score"], "mx": result["max_score"],
@@ -207,7 +208,15 @@ def grade_class(
         done = set() if force else done_students(out)
         todo = [s for s in subs if s.student not in done]
         limits_dict = (limits or Limits()).to_dict()
-        args = [(s.student, _payload(s), template, expected, limits_dict) for s in todo]
+        from autograder.harness import DEFAULT_MODEL_DIR
+        from autograder.outside import trusted_tests
+        from server_stub.model import ensure_model
+
+        # The shared course model exists, owned by the grader, before any student code runs.
+        ensure_model(DEFAULT_MODEL_DIR)
+        tests = {src.stem: trusted_tests(src) for src in sources}
+        hide = sorted({str(out.resolve()), str(Path(submissions).resolve()), str(scratch)})
+        args = [(s.student, _payload(s), template, expected, limits_dict, tests, hide) for s in todo]
         workers = workers or os.cpu_count() or 1
         bar = _progress(len(subs), len(subs) - len(todo), progress)
         try:

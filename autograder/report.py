@@ -5,7 +5,9 @@
 - ``feedback/<student>/index.html``: each question's score and outcome. Hidden tests show
   only their outcome and message, never their source;
 - ``report/index.html`` with PNG plots: the score histogram, each question's pass rate and
-  mean, the slowest submissions, and every submission that errored or timed out, with why.
+  mean, the slowest submissions, every submission that errored or timed out, with why, and
+  every submission suspected of tampering: where the verdict inside the student's kernel and
+  the one re-run outside it (:mod:`autograder.outside`, the recorded grade) disagree.
 
 Everything a student wrote (ids, messages) is HTML-escaped.
 """
@@ -49,6 +51,11 @@ REPORT = _ENV.from_string("""<!doctype html>
 <table><tr><th>student</th><th>seconds</th><th>score</th></tr>
 {% for r in slowest %}<tr><td>{{ r.student }}</td><td>{{ "%.1f"|format(r.seconds) }}</td><td>{{ "%g"|format(r.score) }} / {{ "%g"|format(r.max_score) }}</td></tr>{% endfor %}
 </table>
+<h2>Suspected tampering</h2>
+<p>Questions where the result inside the student's kernel differs from the verdict re-run outside it. The outside verdict is the grade.</p>
+{% if tampering %}<table><tr><th>student</th><th>notebook</th><th>question</th><th>in the kernel</th><th>outside (recorded)</th><th>outside message</th></tr>
+{% for t in tampering %}<tr><td>{{ t.student }}</td><td>{{ t.notebook }}</td><td>{{ t.id }}</td><td>{{ "%g"|format(t.kernel_score) }} ({{ t.kernel_status }})</td><td>{{ "%g"|format(t.score) }} ({{ t.status }})</td><td>{{ t.message }}</td></tr>{% endfor %}
+</table>{% else %}<p>None.</p>{% endif %}
 <h2>Errored or timed out</h2>
 {% if problems %}<table><tr><th>student</th><th>notebook</th><th>status</th><th>reason</th></tr>
 {% for p in problems %}<tr><td>{{ p.student }}</td><td>{{ p.notebook }}</td><td>{{ p.status }}</td><td>{{ p.reason }}</td></tr>{% endfor %}
@@ -70,11 +77,13 @@ def write_outputs(out: Path, results: list[dict], expected: dict[str, dict[str, 
 def write_question_csv(path: Path, results: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["student", "notebook", "question", "score", "max_score", "status", "message"])
+        w.writerow(["student", "notebook", "question", "score", "max_score", "status", "message", "kernel_score", "suspected_tampering"])
         for r in results:
             for nb in r["notebooks"]:
+                flagged = set(nb.get("suspected_tampering", []))
                 for q in nb["questions"]:
-                    w.writerow([r["student"], nb["notebook"], q["id"], q["score"], q["max_score"], q["status"], q["message"][:500]])
+                    w.writerow([r["student"], nb["notebook"], q["id"], q["score"], q["max_score"], q["status"], q["message"][:500],
+                                q.get("kernel_score", ""), int(q["id"] in flagged)])
 
 
 def export_grades(out: Path) -> None:
@@ -138,8 +147,12 @@ def write_class_report(dest: Path, results: list[dict], expected: dict[str, dict
         {"student": r["student"], "notebook": nb["notebook"], "status": nb["status"], "reason": nb.get("reason", "")}
         for r in results for nb in r["notebooks"] if nb["status"] not in ("ok",)
     ]
+    tampering = [
+        {"student": r["student"], "notebook": nb["notebook"], **q}
+        for r in results for nb in r["notebooks"] for q in nb["questions"] if q["id"] in nb.get("suspected_tampering", [])
+    ]
     slowest = sorted(results, key=lambda r: r["seconds"], reverse=True)[:10]
-    html = REPORT.render(
+    html = REPORT.render(tampering=tampering,
         n=len(results), mean=sum(scores) / (len(scores) or 1), max_score=max_score,
         total_seconds=sum(r["seconds"] for r in results), questions=stats, slowest=slowest, problems=problems,
     )

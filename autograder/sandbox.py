@@ -145,10 +145,17 @@ def _preexec(limits: Limits, cgroup: Cgroup):
     return apply
 
 
-def run_nbgrader(args: list[str], *, cwd: Path, env: dict, limits: Limits, wall_seconds: float, log_path: Path) -> RunResult:
-    """``nbgrader <args>`` in the sandbox, forked from the preloaded zygote where possible."""
+def run_nbgrader(args: list[str], *, cwd: Path, env: dict, limits: Limits, wall_seconds: float, log_path: Path,
+                 entry: str | None = None, run_as: tuple[int, int] | None = None, hide: list[str] | None = None) -> RunResult:
+    """``nbgrader <args>`` in the sandbox, forked from the preloaded zygote where possible.
+
+    ``entry="outside"`` runs :func:`autograder.outside.main_sandboxed` with ``args`` instead,
+    as ``run_as``. ``hide`` lists folders covered by an empty tmpfs in the sandbox (zygote
+    path only).
+    """
     if sys.platform != "linux" or os.environ.get("SERVELAB_NO_ZYGOTE"):
-        return run_limited([str(Path(sys.executable).parent / "nbgrader"), *args], cwd=cwd, env=env,
+        program = [sys.executable, "-m", "autograder.outside"] if entry == "outside" else [str(Path(sys.executable).parent / "nbgrader")]
+        return run_limited([*program, *args], cwd=cwd, env=env,
                            limits=limits, wall_seconds=wall_seconds, log_path=log_path)
     from autograder.zygote import shared
 
@@ -162,6 +169,7 @@ def run_nbgrader(args: list[str], *, cwd: Path, env: dict, limits: Limits, wall_
         rid = zygote.start({
             "argv": args, "cwd": str(cwd), "env": env, "log": str(log_path), "limits": limits.to_dict(),
             "cgroups": [str(d) for d in cgroup.dirs], "isolate_net": isolated,
+            "entry": entry, "run_as": list(run_as) if run_as else None, "hide": hide or [],
         })
         pid = zygote.wait(rid, "pid", 30)
         code = zygote.wait(rid, "exit", max(0.0, wall_seconds - (time.monotonic() - started))) if pid else None
@@ -178,6 +186,10 @@ def run_nbgrader(args: list[str], *, cwd: Path, env: dict, limits: Limits, wall_
         cgroup.remove()
     truncated = _truncate(log_path, limits.output_bytes)
     isolation = ("netns" if isolated else "ports") + "".join(f"+{c}" for c in sorted(cgroup.controllers))
+    if run_as:
+        isolation += "+uid"
+    if hide:
+        isolation += "+hidden"
     return RunResult(None if timed_out else code, time.monotonic() - started, timed_out, truncated, isolation)
 
 

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 
 
 def _unshare_net() -> bool:
@@ -33,6 +36,63 @@ def _unshare_net() -> bool:
     if libc.unshare(CLONE_NEWNET) != 0:
         return False
     return subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True).returncode == 0
+
+
+def _hide(paths: list[str]) -> bool:
+    """In a new mount namespace, cover each of ``paths`` with an empty, root-only tmpfs.
+
+    The grader's own files (solutions, git history, gradebooks, other submissions) then do
+    not exist for anything this process starts, whatever user it runs as.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return False
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    if not _expose(libc, Path(sys.base_prefix).resolve()) or not _expose(libc, Path(sys.prefix).resolve()):
+        return False
+    for path in paths:
+        if os.path.isdir(path) and libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, b"size=4k,mode=0700") != 0:
+            return False
+    return True
+
+
+MS_BIND = 4096
+MNT_DETACH = 2
+
+
+def _expose(libc, target: Path) -> bool:
+    """Make ``target`` reachable by other users inside this mount namespace.
+
+    Python is often installed under a folder only root may enter (pyenv in /root). The first
+    such ancestor is covered, in this namespace only, by a tmpfs that anyone may traverse,
+    with the one child on the way to ``target`` bind-mounted back; nothing else of it shows.
+    """
+    parts = target.parts
+    for i in range(1, len(parts)):
+        folder = Path(*parts[:i])
+        if os.stat(folder).st_mode & 0o001:
+            continue
+        keep = Path(*parts[: i + 1])
+        stash = Path(f"/dev/shm/servelab-stash-{os.getpid()}")
+        stash.mkdir(mode=0o700)
+        ok = (libc.mount(str(keep).encode(), str(stash).encode(), None, MS_BIND | MS_REC, None) == 0
+              and libc.mount(b"tmpfs", str(folder).encode(), b"tmpfs", 0, b"size=16m,mode=0755") == 0)
+        if ok:
+            (folder / parts[i]).mkdir(exist_ok=True)
+            ok = libc.mount(str(stash).encode(), str(keep).encode(), None, MS_BIND | MS_REC, None) == 0
+        libc.umount2(str(stash).encode(), MNT_DETACH)
+        stash.rmdir()
+        return ok and _expose(libc, target)
+    return True
+
+
+def drop_privileges(uid: int, gid: int, home: str) -> None:
+    """Become ``uid``:``gid`` for good, with ``home`` as HOME. Root only."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    os.environ.update({"HOME": home, "USER": f"student{uid}", "LOGNAME": f"student{uid}"})
 
 
 def _child(req: dict) -> None:
@@ -47,8 +107,10 @@ def _child(req: dict) -> None:
                 f.write(str(os.getpid()))
         if req["isolate_net"] and not _unshare_net():
             raise SystemExit(70)
+        if req.get("hide") and not _hide(req["hide"]):
+            raise SystemExit(71)
         mode = os.O_APPEND if req.get("append") else os.O_TRUNC
-        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | mode, 0o644)
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | mode, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
@@ -57,14 +119,19 @@ def _child(req: dict) -> None:
         os.environ.update(req["env"])
         if req["limits"] is not None:
             apply_limits(Limits(**req["limits"]), {Path(d).parent.name for d in req["cgroups"]})
-        sys.argv = ["nbgrader", *req["argv"]]
-        from nbgrader.apps.nbgraderapp import main
+        if req.get("entry") == "outside":
+            from autograder.outside import main_sandboxed
 
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            code = main_sandboxed(req["argv"], req.get("run_as"))
+        else:
+            sys.argv = ["nbgrader", *req["argv"]]
+            from nbgrader.apps.nbgraderapp import main
+
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001 - report through the exit code and the log
         import traceback
 
