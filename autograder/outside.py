@@ -42,7 +42,10 @@ from pathlib import Path
 from autograder.errors import CheckFailed, NotAnswered, Timeout
 
 MODULE = "servelab_submission"
-CELL_SECONDS = 240.0
+CELL_SECONDS = 120.0
+# Like nbgrader's per-cell limit in the kernel (Execute.timeout): a replayed cell that runs
+# longer is stopped, and the cells after it still run.
+REPLAY_CELL_SECONDS = 60.0
 
 
 # --- the trusted side: what the instructor's notebook says -----------------------------------
@@ -171,7 +174,7 @@ def run_cell(module: types.ModuleType, cell: dict) -> str | None:
         exec(compile(tree, f"<{cell['kind']} cell {cell['id']}>", "exec"), module.__dict__)
         return None
     except BaseException as exc:  # noqa: BLE001 - a student's cell may raise anything, even SystemExit
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (KeyboardInterrupt, _CellTimeout)):
             raise
         return f"{cell['kind']} cell {cell['id']!r}: {type(exc).__name__}: {str(exc)[:300]}"
 
@@ -189,11 +192,29 @@ def load_replay(path: str) -> types.ModuleType:
     sys.modules[key] = module
     here = os.getcwd()
     os.chdir(Path(path).parent)
+    errors = []
+    previous = signal.signal(signal.SIGALRM, _alarm)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            module.__servelab_errors__ = [e for e in (run_cell(module, c) for c in spec["cells"]) if e]
+            for cell in spec["cells"]:
+                if cell.get("skip"):
+                    errors.append(f"{cell['kind']} cell {cell['id']!r}: skipped, it ran out of time before")
+                    continue
+                signal.setitimer(signal.ITIMER_REAL, REPLAY_CELL_SECONDS)
+                try:
+                    error = run_cell(module, cell)
+                except _CellTimeout:
+                    error = f"{cell['kind']} cell {cell['id']!r}: stopped after {REPLAY_CELL_SECONDS:g} s"
+                    cell["timed_out"] = True
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                if error:
+                    errors.append(error)
     finally:
+        signal.signal(signal.SIGALRM, previous)
         os.chdir(here)
+    module.__servelab_errors__ = errors
+    module.__servelab_timed_out__ = [i for i, c in enumerate(spec["cells"]) if c.get("timed_out")]
     return module
 
 
@@ -245,7 +266,7 @@ def probe(path: str) -> dict:
             names[name] = _describe(value, module.__name__, root)
         except Exception:  # noqa: BLE001 - an object that raises when looked at (a proxy, a property)
             names[name] = {"kind": "remote", "callable": False}
-    return {"names": names, "errors": module.__servelab_errors__}
+    return {"names": names, "errors": module.__servelab_errors__, "timed_out": module.__servelab_timed_out__}
 
 
 def _describe(value, module_name: str, root: str) -> dict:
@@ -371,11 +392,17 @@ def verify(submission: Path, trusted: dict, workdir: Path, cell_seconds: float =
     os.chdir(workdir)
     try:
         try:
-            report = run_isolated(probe, str(spec), timeout=cell_seconds, what="your notebook's answer cells")
+            budget = cell_seconds + REPLAY_CELL_SECONDS * sum(c["kind"] in ("answer", "added") for c in replay)
+            report = run_isolated(probe, str(spec), timeout=budget, what="your notebook's answer cells")
         except (CheckFailed, Timeout) as exc:
             return everyone("failed", f"the answer cells could not be run outside the notebook: {exc}")
         if not isinstance(report, dict) or "names" not in report:
             return everyone("failed", "the answer cells could not be run outside the notebook")
+        if report.get("timed_out"):
+            # Later loads of the replay (one per check process) skip what never finished.
+            for i in report["timed_out"]:
+                replay[i]["skip"] = True
+            spec.write_text(json.dumps({"cells": replay}))
         ns = namespace(str(spec), report)
         questions = {t["id"]: run_test(t["source"], ns, t["id"], cell_seconds) for t in tests}
         return {"questions": questions, "errors": report.get("errors", [])}
@@ -418,7 +445,7 @@ def main_sandboxed(argv: list[str], run_as: list[int] | None) -> int:
         for p in (workdir, local, home):
             os.chown(p, run_as[0], run_as[1])
         drop_privileges(run_as[0], run_as[1], str(home))
-    result = verify(local, trusted, workdir / "run")
+    result = verify(local, trusted, workdir / "run", trusted.get("cell_seconds", CELL_SECONDS))
     with os.fdopen(fd, "w") as f:
         json.dump(result, f)
     return 0

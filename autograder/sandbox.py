@@ -38,6 +38,7 @@ class Limits:
     output_bytes: int = 16 * 2**20
     notebook_seconds: float = 300.0
     submission_seconds: float = 900.0
+    cell_seconds: float = 120.0  # per graded cell outside the kernel (autograder.outside)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +77,8 @@ class Cgroup:
         for controller, settings in (
             ("pids", {"pids.max": str(limits.processes)}),
             ("memory", {"memory.limit_in_bytes": str(limits.memory_bytes)}),
+            # An equal CPU share per submission: a fork bomb slows only its own grading.
+            ("cpu", {"cpu.shares": "1024"}),
         ):
             base = CGROUP_ROOT / controller
             if not base.is_dir() or not os.access(base, os.W_OK):

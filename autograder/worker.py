@@ -130,7 +130,7 @@ def _outside(work: Path, name: str, submitted: Path, trusted: dict, env: dict, l
              uid: int | None, hidden: list[str], remaining: float) -> dict:
     """Run :mod:`autograder.outside` on ``submitted`` in the sandbox; its result, or ``{"error"}``."""
     tests_path, out = work / f"{name}.tests.json", work / f"{name}.outside.json"
-    tests_path.write_text(json.dumps(trusted))
+    tests_path.write_text(json.dumps({**trusted, "cell_seconds": limits.cell_seconds}))
     os.chmod(tests_path, 0o600)
     env = {k: v for k, v in env.items() if k not in ("JUPYTER_PATH", "SERVELAB_SANDBOX_USER")}
     run = run_nbgrader(
@@ -238,5 +238,31 @@ def _read_result(course: Course, student: str, name: str) -> dict | None:
         "score": r.score,
         "max_score": r.max_score,
         "questions": [q.__dict__ for q in r.questions],
-        "autograded": autograded.read_text(errors="replace"),
+        "autograded": _capped(autograded.read_text(errors="replace")),
     }
+
+
+MAX_OUTPUT_CHARS = 100_000
+
+
+def _capped(text: str) -> str:
+    """The autograded notebook with each output cut to ``MAX_OUTPUT_CHARS`` (a flood stays in the sandbox)."""
+    if len(text) <= MAX_OUTPUT_CHARS:
+        return text
+    try:
+        nb = json.loads(text)
+        for cell in nb.get("cells", []):
+            for out in cell.get("outputs", []) or []:
+                for key in ("text", "traceback"):
+                    value = out.get(key)
+                    joined = "".join(value) if isinstance(value, list) else value
+                    if isinstance(joined, str) and len(joined) > MAX_OUTPUT_CHARS:
+                        out[key] = joined[:MAX_OUTPUT_CHARS] + f"\n[... {len(joined) - MAX_OUTPUT_CHARS} more characters cut by the grader]"
+                data = out.get("data")
+                if isinstance(data, dict):
+                    for mime, value in list(data.items()):
+                        if len(json.dumps(value)) > MAX_OUTPUT_CHARS:
+                            data[mime] = "[output cut by the grader]"
+        return json.dumps(nb)
+    except (ValueError, AttributeError, TypeError):
+        return text[:MAX_OUTPUT_CHARS]
