@@ -46,7 +46,18 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def spawn(args: list[str], workdir: Path, log_path: Path) -> subprocess.Popen:
-    """Start ``python args...`` in its own session with output going to ``log_path``."""
+    """Start ``python args...`` in its own session with output going to ``log_path``.
+
+    While grading (``SERVELAB_FORKSERVER=1``) the process is forked from a preloaded server
+    instead (:mod:`autograder.forkserver`), which saves the imports of every child.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    from autograder import forkserver
+
+    if forkserver.enabled():
+        proc = forkserver.spawn(args, Path(workdir), Path(log_path), env)
+        if proc is not None:
+            return proc
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, *args],
@@ -55,7 +66,7 @@ def spawn(args: list[str], workdir: Path, log_path: Path) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"},
+            env=env,
         )
 
 

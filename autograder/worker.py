@@ -82,6 +82,7 @@ def grade_submission(student: str, notebooks: dict[str, bytes], template_db: byt
             course.submit(student, incoming)
             uid = _sandbox_uid()
             env, argv = nbgrader_env(), ["autograde", ASSIGNMENT, "--force", f"--student={student}", f"--notebook={name}"]
+            env["SERVELAB_FORKSERVER"] = "1"  # checks fork their children from a preloaded server
             if uid is not None:
                 from autograder.kernel_sandbox import KERNEL_NAME, write_kernelspec
 

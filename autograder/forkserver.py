@@ -1,0 +1,283 @@
+"""A preloaded fork server for the checks' child processes, used while grading.
+
+Every check runs student code in a fresh ``python -m autograder.isolate`` or
+``python -m server_stub.runner`` process. Each such process spends about a second of CPU
+importing numpy, scikit-learn, Flask and cloudpickle before it does anything, and a notebook
+starts dozens. Grading is CPU-bound, so that is most of its cost.
+
+With ``SERVELAB_FORKSERVER=1`` in the environment (the class grader sets it for each sandboxed
+notebook run), :func:`autograder.isolate.spawn` asks a fork server instead: a process that
+imported those libraries once and forks a child per request. The child becomes what the
+``python -m`` command would have been: its own session, working directory, log file,
+environment and ``sys.argv``, then the module run as ``__main__``. Students working in
+JupyterLab never set the variable and get plain processes.
+
+The server starts on first use, one per process that spawns (the student's kernel, or the
+outside grader), and dies with it. It is single-threaded, so forking it is safe, and it
+marks itself non-dumpable, so the student code that runs in its children (same user) cannot
+trace it. If it is gone, spawning falls back to a plain process.
+
+Protocol, over a Unix socket, one connection per child: the client sends one JSON line
+``{"args", "cwd", "log", "env"}``; the server answers ``{"pid"}`` after forking and
+``{"exit"}`` when the child has ended. A client that disconnects early gets its child's
+process group killed.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ENV = "SERVELAB_FORKSERVER"
+PRELOAD = (
+    "numpy", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.datasets",
+    "sklearn.model_selection", "sklearn.metrics", "joblib", "cloudpickle", "flask", "werkzeug.serving", "requests",
+    "autograder.isolate", "autograder.errors", "server_stub.runner", "server_stub.iris_handler", "server_stub.model",
+)
+PR_SET_DUMPABLE = 4
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "1" and sys.platform == "linux"
+
+
+# --- server ----------------------------------------------------------------------------------
+
+
+def _child(req: dict) -> None:
+    """In the forked child: become ``python -m <args>``. Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        args = req["args"]
+        if args[:1] != ["-m"] or len(args) < 2:
+            raise SystemExit(f"the fork server runs modules only, not {args!r}")
+        sys.argv = [args[1], *args[2:]]
+        sys.path[0] = req["cwd"]  # as `python -m` would have it
+        import runpy
+
+        try:
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported through the log and the exit code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(path: str) -> None:
+    """Preload, listen on ``path``, fork on request; exit when the parent is gone."""
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    parent = os.getppid()
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing extra only costs speed
+            pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    os.chmod(path, 0o600)
+    conns: dict[int, socket.socket] = {}  # fd -> connection waiting for its request
+    children: dict[int, socket.socket] = {}  # pid -> its client's connection
+    while os.getppid() == parent:
+        ready, _, _ = select.select([listener, *conns.values(), *children.values()], [], [], 0.05)
+        for sock in ready:
+            if sock is listener:
+                conn, _ = listener.accept()
+                conns[conn.fileno()] = conn
+            elif sock.fileno() in conns:
+                conn = conns.pop(sock.fileno())
+                try:
+                    req = json.loads(_readline(conn))
+                except (OSError, ValueError):
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    for other in [*conns.values(), *children.values(), conn]:
+                        other.close()
+                    _child(req)
+                children[pid] = conn
+                _send(conn, {"pid": pid})
+            else:  # a client with a running child: it only speaks by closing
+                if not sock.recv(1, socket.MSG_PEEK):
+                    for pid, conn in list(children.items()):
+                        if conn is sock:
+                            _killpg(pid)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            conn = children.pop(pid, None)
+            if conn is not None:
+                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+    for pid in children:
+        _killpg(pid)
+
+
+def _readline(conn: socket.socket) -> bytes:
+    data = b""
+    conn.settimeout(10)
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    conn.settimeout(None)
+    return data
+
+
+def _send(conn: socket.socket, msg: dict) -> None:
+    try:
+        conn.sendall((json.dumps(msg) + "\n").encode())
+    except OSError:
+        pass
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --- client ----------------------------------------------------------------------------------
+
+
+class ForkedProcess:
+    """The parts of :class:`subprocess.Popen` the checks use, for a child of the fork server."""
+
+    def __init__(self, conn: socket.socket, pid: int, args: list[str]):
+        self._conn, self.pid, self.args = conn, pid, args
+        self.returncode: int | None = None
+        self._buffer = b""
+
+    def _read(self, timeout: float | None) -> None:
+        if self.returncode is not None:
+            return
+        ready, _, _ = select.select([self._conn], [], [], timeout)
+        if not ready:
+            return
+        chunk = self._conn.recv(4096)
+        if not chunk:  # the server died: the child is gone with it (or will be killed with the sandbox)
+            self.returncode = -9
+            self._conn.close()
+            return
+        self._buffer += chunk
+        if b"\n" in self._buffer:
+            self.returncode = json.loads(self._buffer.split(b"\n", 1)[0])["exit"]
+            self._conn.close()
+
+    def poll(self) -> int | None:
+        self._read(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self._read(left if left is not None else 1.0)
+        return self.returncode
+
+
+_server: dict = {}
+_lock = threading.Lock()
+
+
+def _socket_path() -> str | None:
+    """The running server's socket, starting the server on first use; None if it cannot start."""
+    with _lock:
+        proc = _server.get("proc")
+        if proc is not None and proc.poll() is None:
+            return _server["path"]
+        if _server.get("failed"):
+            return None
+        folder = tempfile.mkdtemp(prefix="servelab-fork-")
+        path = os.path.join(folder, "socket")
+        env = {k: v for k, v in os.environ.items() if k != ENV}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autograder.forkserver", path],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not os.path.exists(path):
+            proc.kill()
+            _server["failed"] = True
+            return None
+        _server.update(proc=proc, path=path)
+        return path
+
+
+def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedProcess | None:
+    """``python <args>`` as a child of the fork server, or None if there is none to ask."""
+    path = _socket_path()
+    if path is None:
+        return None
+    env = {k: v for k, v in env.items() if k != ENV}
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(path)
+        conn.sendall((json.dumps({"args": list(args), "cwd": str(workdir), "log": str(log_path), "env": env}) + "\n").encode())
+        conn.settimeout(30)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise OSError("the fork server closed the connection")
+            line += chunk
+        conn.settimeout(None)
+        first, _, rest = line.partition(b"\n")
+        proc = ForkedProcess(conn, json.loads(first)["pid"], list(args))
+        proc._buffer = rest
+        if b"\n" in rest:
+            proc.returncode = json.loads(rest.split(b"\n", 1)[0])["exit"]
+            conn.close()
+        return proc
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

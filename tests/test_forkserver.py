@@ -1,0 +1,110 @@
+"""autograder.forkserver: children forked from a preloaded server behave like ``python -m`` children."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from autograder import forkserver
+from autograder.errors import CheckFailed, Timeout
+from autograder.isolate import run_isolated, spawn, stop_process
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fork server is Linux-only")
+
+
+@pytest.fixture
+def with_server(monkeypatch):
+    monkeypatch.setenv(forkserver.ENV, "1")
+    yield
+    proc = forkserver._server.get("proc")
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+    forkserver._server.clear()
+
+
+def _square(x):
+    return {"square": x * x, "cwd": os.getcwd(), "forked": forkserver.ENV not in os.environ}
+
+
+def test_run_isolated_goes_through_the_server_and_returns_the_same_data(with_server):
+    got = run_isolated(_square, 7)
+    assert got["square"] == 49 and got["forked"] is True
+    assert forkserver._server["proc"].poll() is None
+    assert run_isolated(_square, 3)["square"] == 9  # the same server, again
+
+
+def test_a_child_gets_its_own_session_cwd_log_and_exit_code(with_server, tmp_path):
+    (tmp_path / "probe_mod.py").write_text(textwrap.dedent("""
+        import os, sys
+        print("argv", sys.argv[1:], "cwd", os.getcwd(), "sid", os.getsid(0) == os.getpid())
+        print("to stderr", file=sys.stderr)
+        sys.exit(int(sys.argv[1]))
+    """))
+    proc = spawn(["-m", "probe_mod", "5"], tmp_path, tmp_path / "log.txt")
+    assert isinstance(proc, forkserver.ForkedProcess)
+    assert proc.wait(30) == 5
+    log = (tmp_path / "log.txt").read_text()
+    assert f"argv ['5'] cwd {tmp_path} sid True" in log and "to stderr" in log
+
+
+def test_hangs_and_crashes_are_still_bounded_and_reported(with_server):
+    with pytest.raises(Timeout):
+        run_isolated(_sleep, 60, timeout=2)
+    with pytest.raises(CheckFailed, match="exit code 9"):
+        run_isolated(os._exit, 9)
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def test_stop_process_kills_a_forked_child(with_server, tmp_path):
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(600)\n")
+    proc = spawn(["-m", "sleeper"], tmp_path, tmp_path / "log.txt")
+    assert proc.poll() is None
+    stop_process(proc, grace=1)
+    assert proc.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
+
+
+def test_without_a_server_spawning_falls_back_to_a_plain_process(with_server, monkeypatch, tmp_path):
+    monkeypatch.setitem(forkserver._server, "failed", True)
+    monkeypatch.setitem(forkserver._server, "proc", None)
+    (tmp_path / "plain.py").write_text("print('plain')\n")
+    proc = spawn(["-m", "plain"], tmp_path, tmp_path / "log.txt")
+    assert isinstance(proc, subprocess.Popen)
+    assert proc.wait(30) == 0
+
+
+def test_the_server_ends_with_the_process_that_started_it(tmp_path):
+    code = textwrap.dedent("""
+        import os, sys
+        os.environ["SERVELAB_FORKSERVER"] = "1"
+        from autograder import forkserver
+        from autograder.isolate import run_isolated
+        run_isolated(abs, -1)
+        print(forkserver._server["proc"].pid)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    pid = int(out.stdout.split()[-1])
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"fork server {pid} outlived its parent")
