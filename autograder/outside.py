@@ -117,9 +117,12 @@ def build_replay(submission: Path, trusted: dict) -> list[dict]:
     last_answer = None
     release = {s.strip() for s in trusted["release"]}
     for cell in nb["cells"]:
-        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+        if not isinstance(cell, dict):
             continue
         meta, text = _meta(cell), _text(cell)
+        # nbgrader turns a retyped answer cell back into code (OverwriteCells); so does the replay.
+        if cell.get("cell_type") != "code" and not meta.get("solution"):
+            continue
         if meta.get("solution") and meta.get("grade_id"):
             answers.setdefault(meta["grade_id"], text)  # a duplicated answer cell: the first counts
             last_answer = meta["grade_id"]

@@ -8,7 +8,10 @@ rotation; see :func:`autograder.synth.make_class`):
    the floor: bare / workers is what perfect parallel grading would take.
 2. **stock**: ``nbgrader autograde servelab`` over the class in one course directory, serially,
    as nbgrader ships.
-3. **grade**: ``python -m autograder grade`` with ``--workers`` (default: cores).
+3. **grade**: ``python -m autograder grade`` with ``--workers`` (default: cores). This does more
+   than stock: every question is graded a second time outside the kernel (the recorded grade),
+   in the sandbox. Its checks fork their child processes from a preloaded server
+   (:mod:`autograder.forkserver`); stock and bare start plain processes, as students' kernels do.
 
 It prints the three wall times, stock / grade, grade / (bare / workers), and whether every
 question's score in the two gradebooks is identical. Targets on a 2-core machine: stock/grade
@@ -64,7 +67,9 @@ def bare(class_dir: Path, sources: list[Path], work: Path) -> float:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         started = time.monotonic()
+        # As nbgrader starts its kernels: with the command history in memory, not in SQLite.
         client = NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True,
+                                extra_arguments=["--HistoryManager.hist_file=:memory:"],
                                 resources={"metadata": {"path": str(nb_path.parent)}})
         try:
             client.execute()

@@ -269,7 +269,8 @@ CASES: list[Case] = [
          inject(SOL00, "with open('big.bin', 'wb') as _f:\n    for _ in range(1024):\n        _f.write(b'x' * 2**20)"), None, None, ANY),
     Case("deleted_tests", "deletes every test cell", "00_orientation.ipynb", mutate(SOL00, _delete_tests), 7.0),
     Case("duplicated_answer", "duplicates an answer cell", "00_orientation.ipynb", mutate(SOL00, _duplicate_answer), None, None, ANY),
-    Case("retyped_answer", "turns an answer cell into Markdown", "00_orientation.ipynb", mutate(SOL00, _retype_answer), 4.0),
+    # nbgrader turns it back into a code cell (OverwriteCells), and so does the outside replay.
+    Case("retyped_answer", "turns an answer cell into Markdown", "00_orientation.ipynb", mutate(SOL00, _retype_answer), 7.0),
     Case("duplicate_grade_id", "two answer cells share a grade id", "00_orientation.ipynb", mutate(SOL00, _duplicate_grade_id), None, None, ANY),
     Case("edited_tests", "replaces every test with print('passed')", "00_orientation.ipynb", mutate(BLANK00, _edit_tests), 0.0),
     Case("patch_checks", "replaces the checks with no-ops", "00_orientation.ipynb", inject(BLANK00, PATCH_CHECKS), 0.0, True),
