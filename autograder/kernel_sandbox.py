@@ -77,6 +77,8 @@ def main(argv: list[str]) -> None:
 
         drop_privileges(uid, gid, str(home))
         os.environ["JUPYTER_RUNTIME_DIR"] = str(home)
+        (home / "tmp").mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = str(home / "tmp")  # temporary files of its own, not a shared /tmp
         os.environ["MPLCONFIGDIR"] = str(home / ".matplotlib")
         args[-1] = str(own)
     os.execv(sys.executable, args)

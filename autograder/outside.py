@@ -192,6 +192,7 @@ def load_replay(path: str) -> types.ModuleType:
     module = types.ModuleType(key)
     module.__file__ = path
     module.__dict__["__builtins__"] = __builtins__
+    module.__dict__["get_ipython"] = _NoShell  # answer cells that call it run on, as in the kernel
     sys.modules[key] = module
     here = os.getcwd()
     os.chdir(Path(path).parent)
@@ -219,6 +220,13 @@ def load_replay(path: str) -> types.ModuleType:
     module.__servelab_errors__ = errors
     module.__servelab_timed_out__ = [i for i, c in enumerate(spec["cells"]) if c.get("timed_out")]
     return module
+
+
+class _NoShell:
+    """What ``get_ipython()`` gives a replayed cell: every attribute is a no-op callable."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 class Remote:
@@ -445,9 +453,14 @@ def main_sandboxed(argv: list[str], run_as: list[int] | None) -> int:
 
         home = workdir / "home"
         home.mkdir()
-        for p in (workdir, local, home):
+        (home / "tmp").mkdir()
+        for p in (workdir, local, home, home / "tmp"):
             os.chown(p, run_as[0], run_as[1])
         drop_privileges(run_as[0], run_as[1], str(home))
+        os.environ["TMPDIR"] = str(home / "tmp")
+        import tempfile
+
+        tempfile.tempdir = None  # forget a temporary folder chosen before TMPDIR was set
     result = verify(local, trusted, workdir / "run", trusted.get("cell_seconds", CELL_SECONDS))
     with os.fdopen(fd, "w") as f:
         json.dump(result, f)

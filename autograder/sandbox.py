@@ -115,8 +115,9 @@ class Cgroup:
                     pass
 
     def remove(self) -> None:
+        # Hundreds of processes (a fork bomb) can take seconds to exit after SIGKILL.
         for d in self.dirs:
-            for _ in range(50):
+            for _ in range(300):
                 try:
                     d.rmdir()
                     break

@@ -60,10 +60,9 @@ def grade_submission(student: str, notebooks: dict[str, bytes], template_db: byt
     results = []
     try:
         course = Course(work, [])
-        (work / "gradebook.db").write_bytes(template_db)
+        _write_private(work / "gradebook.db", template_db)
         # Student code may pass through the course folder to its own, but not list it or read the gradebook.
         os.chmod(work, 0o711)
-        os.chmod(work / "gradebook.db", 0o600)
         for name in sorted(expected):
             t0 = time.monotonic()
             data = notebooks.get(name)
@@ -131,8 +130,7 @@ def _outside(work: Path, name: str, submitted: Path, trusted: dict, env: dict, l
              uid: int | None, hidden: list[str], remaining: float) -> dict:
     """Run :mod:`autograder.outside` on ``submitted`` in the sandbox; its result, or ``{"error"}``."""
     tests_path, out = work / f"{name}.tests.json", work / f"{name}.outside.json"
-    tests_path.write_text(json.dumps({**trusted, "cell_seconds": limits.cell_seconds}))
-    os.chmod(tests_path, 0o600)
+    _write_private(tests_path, json.dumps({**trusted, "cell_seconds": limits.cell_seconds}).encode())
     env = {k: v for k, v in env.items() if k not in ("JUPYTER_PATH", "SERVELAB_SANDBOX_USER")}
     run = run_nbgrader(
         [str(submitted), str(tests_path), str(out)], cwd=work, env=env, limits=limits, entry="outside",
@@ -182,6 +180,13 @@ def merge_outside(graded: dict, outside: dict, expected: dict[str, float]) -> di
     if "error" in outside and graded["status"] == "ok":
         merged["status"], merged["reason"] = "error", f"not confirmed outside the notebook's kernel: {outside['error']}"
     return merged
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by the grader only, from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _write(path: Path, data: bytes) -> Path:

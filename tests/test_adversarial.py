@@ -36,6 +36,10 @@ def _listening() -> set[tuple[str, int]]:
     return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN}
 
 
+def _cgroups() -> set[Path]:
+    return {p for controller in ("pids", "memory", "cpu") for p in Path("/sys/fs/cgroup", controller).glob("servelab-*")}
+
+
 def _sandbox_processes() -> list[str]:
     found = []
     for p in psutil.process_iter(["uids", "cmdline"]):
@@ -65,7 +69,7 @@ def hostile_run(tmp_path_factory):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(case.build())
     before = {"code": _tree_hash(REPO / "autograder", REPO / "server_stub"), "listening": _listening(),
-              "shm": set(Path("/dev/shm").glob("servelab-grade-*"))}
+              "shm": set(Path("/dev/shm").glob("servelab-grade-*")), "cgroups": _cgroups()}
     out = base / "out"
     grade_class(base / "class", out, limits=LIMITS, progress=False)
     results = {r["student"]: r for r in stored_results(out)}
@@ -113,8 +117,7 @@ def test_nothing_is_left_behind(hostile_run):
     assert _sandbox_processes() == []
     assert _listening() <= before["listening"]
     assert set(Path("/dev/shm").glob("servelab-grade-*")) <= before["shm"]
-    for controller in ("pids", "memory", "cpu"):
-        assert list(Path("/sys/fs/cgroup", controller).glob("servelab-*")) == []
+    assert _cgroups() <= before["cgroups"]
 
 
 def test_the_gradebook_and_the_grader_are_intact(hostile_run):

@@ -173,7 +173,8 @@ for _p in [{str(REPO / 'solutions' / '00_orientation.ipynb')!r}, {str(REPO / '.g
     try:
         with open(_p, "rb") as _f:
             _f.read(1)
-        _leaks.append(_p)
+        if _os.stat(_p).st_uid != _os.getuid():  # not a decoy another submission planted
+            _leaks.append(_p)
     except OSError:
         pass
 if _leaks:
@@ -185,7 +186,7 @@ import glob as _g, sqlite3 as _sq
 _wrote = []
 for _p in ["../../../gradebook.db", *_g.glob("/dev/shm/servelab-grade-*/gradebook.db"), *_g.glob("/tmp/pytest-*/**/gradebook.db", recursive=True)]:
     try:
-        _c = _sq.connect(_p)
+        _c = _sq.connect(f"file:{{_p}}?mode=rw", uri=True)  # never creates a file
         _c.execute("UPDATE grade SET manual_score = 999")
         _c.commit()
         _wrote.append(_p)
@@ -278,8 +279,9 @@ CASES: list[Case] = [
     Case("patch_harness", "replaces the live-server harness and the API checks", "05_flask_api.ipynb",
          inject(BLANK05, PATCH_HARNESS), 0.0, True),
     Case("patch_sys_exit", "disables sys.exit and exit()", "00_orientation.ipynb", inject(BLANK00, PATCH_SYS_EXIT), 0.0),
+    # nbgrader reads the error from the execute reply, not the displayed traceback: no fake pass to flag.
     Case("patch_showtraceback", "hides every error from nbgrader", "00_orientation.ipynb",
-         inject(BLANK00, PATCH_SHOWTRACEBACK), 0.0, True),
+         inject(BLANK00, PATCH_SHOWTRACEBACK), 0.0, None),
     Case("read_secrets", "reads solutions, git history, gradebooks and hidden tests", "00_orientation.ipynb",
          inject(SOL00, READ_SECRETS), 7.0),
     Case("write_grader", "writes the gradebook and the grader's code", "00_orientation.ipynb",
