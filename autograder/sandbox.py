@@ -77,8 +77,9 @@ class Cgroup:
         for controller, settings in (
             ("pids", {"pids.max": str(limits.processes)}),
             ("memory", {"memory.limit_in_bytes": str(limits.memory_bytes)}),
-            # An equal CPU share per submission: a fork bomb slows only its own grading.
-            ("cpu", {"cpu.shares": "1024"}),
+            # An equal CPU share per submission, and at most one core: a fork bomb slows only
+            # its own grading, and the submission graded beside it keeps a core.
+            ("cpu", {"cpu.shares": "1024", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}),
         ):
             base = CGROUP_ROOT / controller
             if not base.is_dir() or not os.access(base, os.W_OK):
