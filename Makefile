@@ -11,6 +11,9 @@ export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 export AWS_DEFAULT_REGION ?= us-east-1
 export NO_PROXY := 127.0.0.1,localhost,::1
+# MLflow (notebook 10) sends no telemetry and asks no package index.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup browser demo test lab release check grade lock clean
