@@ -57,12 +57,16 @@ def grade_invariants(out: Path = BUILD / "grades") -> tuple[list[NotebookResult]
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest)
     run = grade_class(class_dir, out, progress=False)
+    stored = stored_results(out)
+    fields = ("id", "score", "max_score", "status", "message")
     results = [
         NotebookResult(r["student"], nb["notebook"], nb["score"], nb["max_score"],
-                       [Question(**q) for q in nb["questions"]])
-        for r in stored_results(out) for nb in r["notebooks"]
+                       [Question(**{k: q[k] for k in fields if k in q}) for q in nb["questions"]])
+        for r in stored for nb in r["notebooks"]
     ]
-    problems = []
+    # Honest notebooks: the kernel and the outside grader (the recorded grade) must agree.
+    problems = [f"{r['student']} {nb['notebook']}: kernel and outside verdicts disagree on {nb['suspected_tampering']}"
+                for r in stored for nb in r["notebooks"] if nb.get("suspected_tampering")]
     for r in results:
         if r.student == "solution" and r.score != r.max_score:
             lost = [f"{q.id} ({q.message[:120]})" for q in r.questions if q.status != "passed"]
