@@ -193,6 +193,29 @@ def _child(payload: str, out: str) -> None:
     os.replace(tmp, out)
 
 
+def judge_raised(obs: dict, case: dict, call: str, name: str) -> bool:
+    """Judge the exception side of one observed call ``{"value"} | {"raised"}``.
+
+    Raises NotAnswered for NotImplementedError and CheckFailed for an unexpected exception or
+    a missing expected one (``case["raises"]``, matched against the ``"classes"`` of the
+    exception); returns True when the case expected a raise and got it, False when the
+    returned value is still to be judged.
+    """
+    from autograder.errors import NotAnswered
+
+    if "raised" in obs and obs["raised"]["type"] == "NotImplementedError":
+        raise NotAnswered(f"{name} raised NotImplementedError: write it, then run its cell again.")
+    if "raises" in case:
+        if "raised" not in obs:
+            raise CheckFailed(f"{call} should raise {case['raises']}; it returned {obs['value']!r}.")
+        if case["raises"] not in obs["raised"]["classes"]:
+            raise CheckFailed(f"{call} raised {obs['raised']['type']}: {obs['raised']['message']}; expected {case['raises']}.")
+        return True
+    if "raised" in obs:
+        raise CheckFailed(f"{call} raised {obs['raised']['type']}: {obs['raised']['message']}")
+    return False
+
+
 def describe_exception(exc: BaseException) -> dict:
     status = getattr(exc, "status", None)
     return {

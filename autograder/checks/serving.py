@@ -36,7 +36,7 @@ from autograder.checks import api
 from autograder.checks.handler import check_results, reference
 from autograder.errors import CheckFailed, NotAnswered, ServerStartError
 from autograder.harness import DEFAULT_MODEL_DIR, LiveServer
-from autograder.isolate import log_tail, run_isolated, stop_process
+from autograder.isolate import judge_raised, log_tail, run_isolated, stop_process
 
 MODEL_DIR_ENV = "SERVELAB_MODEL_DIR"
 # gunicorn boots every worker, and each imports scikit-learn and loads the model; on a busy
@@ -603,15 +603,7 @@ def check_inbound_rules(inbound_rules, cases: list[dict]) -> None:
     observed = run_isolated(_call_all, inbound_rules, [case["args"] for case in cases], what="your inbound_rules")
     for case, obs in zip(cases, observed):
         call = "inbound_rules(" + ", ".join(repr(a) for a in case["args"]) + ")"
-        if "raised" in obs and obs["raised"]["type"] == "NotImplementedError":
-            raise NotAnswered("inbound_rules raised NotImplementedError: write it, then run its cell again.")
-        if "raises" in case:
-            if "raised" not in obs:
-                raise CheckFailed(f"{call} should raise {case['raises']}; it returned {obs['value']!r}.")
-            if case["raises"] not in obs["raised"]["classes"]:
-                raise CheckFailed(f"{call} raised {obs['raised']['type']}: {obs['raised']['message']}; expected {case['raises']}.")
+        if judge_raised(obs, case, call, "inbound_rules"):
             continue
-        if "raised" in obs:
-            raise CheckFailed(f"{call} raised {obs['raised']['type']}: {obs['raised']['message']}")
         if obs["value"] != case["expect"]:
             raise CheckFailed(f"{call} should return {json.dumps(case['expect'])}; it returned {json.dumps(obs['value'])}.")
