@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+from autograder.zygote import reap
+
 ENV = "SERVELAB_FORKSERVER"
 PRELOAD = (
     "numpy", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.datasets",
@@ -137,17 +139,9 @@ def serve(path: str) -> None:
                     for pid, conn in list(children.items()):
                         if conn is sock:
                             _killpg(pid)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            conn = children.pop(pid, None)
-            if conn is not None:
-                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
-                conn.close()
+        for conn, code in reap(children):
+            _send(conn, {"exit": code})
+            conn.close()
     for pid in children:
         _killpg(pid)
 

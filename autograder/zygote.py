@@ -142,6 +142,19 @@ def _child(req: dict) -> None:
         os._exit(code)
 
 
+def reap(children: dict):
+    """Yield ``(children.pop(pid), exit code)`` for each child of ``children`` that has ended; never blocks."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in children:
+            yield children.pop(pid), os.waitstatus_to_exitcode(status)
+
+
 def serve() -> None:
     """The zygote's loop: fork on request, report each child's end."""
     # The point of the zygote: import once, before forking, what every nbgrader run loads.
@@ -178,17 +191,9 @@ def serve() -> None:
                 children[pid] = req["id"]
                 out.write(json.dumps({"id": req["id"], "pid": pid}) + "\n")
                 out.flush()
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            rid = children.pop(pid, None)
-            if rid is not None:
-                out.write(json.dumps({"id": rid, "exit": os.waitstatus_to_exitcode(status)}) + "\n")
-                out.flush()
+        for rid, code in reap(children):
+            out.write(json.dumps({"id": rid, "exit": code}) + "\n")
+            out.flush()
     for pid in children:
         try:
             os.killpg(pid, signal.SIGKILL)
