@@ -421,16 +421,22 @@ def _secret_name(name: str) -> bool:
     return bool(words & SECRET_WORDS) or ("KEY" in words and bool(words & {"API", "ACCESS", "PRIVATE", "SECRET"}))
 
 
+def _option_values(words: list[str], long: str, short: str, attached: bool = False) -> list[str]:
+    """Every value given to the option ``long``/``short`` in ``words``: ``-x v``, ``--long v``,
+    ``--long=v`` and, with ``attached``, ``-xv``."""
+    values = []
+    for i, word in enumerate(words):
+        if word in (long, short) and i + 1 < len(words):
+            values.append(words[i + 1])
+        elif word.startswith(long + "="):
+            values.append(word.split("=", 1)[1])
+        elif attached and word.startswith(short) and len(word) > len(short):
+            values.append(word[len(short):])
+    return values
+
+
 def _binds(argv: list[str]) -> list[str]:
-    binds = []
-    for i, word in enumerate(argv):
-        if word in ("--bind", "-b") and i + 1 < len(argv):
-            binds.append(argv[i + 1])
-        elif word.startswith("--bind="):
-            binds.append(word.split("=", 1)[1])
-        elif word.startswith("-b") and len(word) > 2:
-            binds.append(word[2:])
-    return binds
+    return _option_values(argv, "--bind", "-b", attached=True)
 
 
 def _runs_gunicorn(argv: list[str]) -> bool:
@@ -925,13 +931,7 @@ def _docker_builds(run: str) -> list[list[str]]:
 
 
 def _tags(words: list[str]) -> list[str]:
-    tags = []
-    for i, word in enumerate(words):
-        if word in ("-t", "--tag") and i + 1 < len(words):
-            tags.append(words[i + 1])
-        elif word.startswith("--tag="):
-            tags.append(word.split("=", 1)[1])
-    return tags
+    return _option_values(words, "--tag", "-t")
 
 
 def workflow_problems(text: str, python_version: str | None = None, image: str | None = None) -> list[str]:
