@@ -21,13 +21,22 @@ Protocol, over a Unix socket, one connection per child: the client sends one JSO
 ``{"args", "cwd", "log", "env"}``; the server answers ``{"pid"}`` after forking and
 ``{"exit"}`` when the child has ended. A client that disconnects early gets its child's
 process group killed.
+
+The outside grader (:mod:`autograder.outside`) starts a server *pinned* to a submission's
+replay (:func:`pinned`): it runs the replay once, after the imports and before it listens, so
+every check's child starts from the submission's state instead of replaying the notebook
+again. That is the same code in the same sandbox user as before, run once instead of once per
+child. A replay that leaves threads running is not forked from (a thread holding a lock at
+fork time would hang the child); the grader then falls back to replaying in each child.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,10 +55,12 @@ PRELOAD = (
     "autograder.isolate", "autograder.errors", "server_stub.runner", "server_stub.iris_handler", "server_stub.model",
 )
 PR_SET_DUMPABLE = 4
+# A pinned server's exit code when its replay left threads running (so it will not fork).
+EXIT_THREADS = 86
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV) == "1" and sys.platform == "linux"
+    return sys.platform == "linux" and (os.environ.get(ENV) == "1" or bool(_server.get("pinned")))
 
 
 # --- server ----------------------------------------------------------------------------------
@@ -98,8 +109,8 @@ def _child(req: dict) -> None:
             os._exit(code)
 
 
-def serve(path: str) -> None:
-    """Preload, listen on ``path``, fork on request; exit when the parent is gone."""
+def serve(path: str, replay: str | None = None) -> None:
+    """Preload (and run ``replay``), listen on ``path``, fork on request; exit when the parent is gone."""
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     parent = os.getppid()
     for name in PRELOAD:
@@ -107,6 +118,12 @@ def serve(path: str) -> None:
             __import__(name)
         except Exception:  # noqa: BLE001 - a missing extra only costs speed
             pass
+    if replay is not None:
+        from autograder.outside import load_replay
+
+        load_replay(replay)
+        if threading.active_count() > 1:
+            os._exit(EXIT_THREADS)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
@@ -217,6 +234,47 @@ _server: dict = {}
 _lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def pinned(replay: str, timeout: float):
+    """A server that has run ``replay`` (:func:`autograder.outside.load_replay`), for this block.
+
+    Yields ``("ready", None)`` once it listens; every :func:`spawn` in the block forks from
+    it. Otherwise yields why not: ``("threads", None)`` (the replay left threads running),
+    ``("died", exit code)`` or ``("timeout", seconds)``, and spawning is as before the block.
+    """
+    folder = tempfile.mkdtemp(prefix="servelab-fork-")
+    path = os.path.join(folder, "socket")
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autograder.forkserver", path, replay],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
+    )
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if os.path.exists(path):
+        state = ("ready", None)
+    elif proc.poll() is None:
+        state = ("timeout", timeout)
+    else:
+        state = ("threads", None) if proc.returncode == EXIT_THREADS else ("died", proc.returncode)
+    with _lock:
+        saved = dict(_server)
+        if state[0] == "ready":
+            _server.clear()
+            _server.update(proc=proc, path=path, pinned=True)
+    try:
+        yield state
+    finally:
+        with _lock:
+            _server.clear()
+            _server.update(saved)
+        _killpg(proc.pid)
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _socket_path() -> str | None:
     """The running server's socket, starting the server on first use; None if it cannot start."""
     with _lock:
@@ -274,4 +332,4 @@ def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedPr
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], *sys.argv[2:3])

@@ -401,24 +401,49 @@ def verify(submission: Path, trusted: dict, workdir: Path, cell_seconds: float =
     spec.write_text(json.dumps({"cells": replay}))
     here = os.getcwd()
     os.chdir(workdir)
+    budget = cell_seconds + REPLAY_CELL_SECONDS * sum(c["kind"] in ("answer", "added") for c in replay)
+    what = "your notebook's answer cells"
     try:
-        try:
-            budget = cell_seconds + REPLAY_CELL_SECONDS * sum(c["kind"] in ("answer", "added") for c in replay)
-            report = run_isolated(probe, str(spec), timeout=budget, what="your notebook's answer cells")
-        except (CheckFailed, Timeout) as exc:
-            return everyone("failed", f"the answer cells could not be run outside the notebook: {exc}")
-        if not isinstance(report, dict) or "names" not in report:
-            return everyone("failed", "the answer cells could not be run outside the notebook")
-        if report.get("timed_out"):
-            # Later loads of the replay (one per check process) skip what never finished.
-            for i in report["timed_out"]:
-                replay[i]["skip"] = True
-            spec.write_text(json.dumps({"cells": replay}))
-        ns = namespace(str(spec), report)
-        questions = {t["id"]: run_test(t["source"], ns, t["id"], cell_seconds) for t in tests}
-        return {"questions": questions, "errors": report.get("errors", [])}
+        with _replayed_once(spec, budget) as (state, detail):
+            if state == "died":
+                return everyone("failed", f"the answer cells could not be run outside the notebook: {what} ended "
+                                          f"the test process (exit code {detail}) before it could report.")
+            if state == "timeout":
+                return everyone("failed", f"the answer cells could not be run outside the notebook: {what} did not "
+                                          f"finish within {detail:g} s (an endless loop, or waiting on something?)")
+            try:
+                report = run_isolated(probe, str(spec), timeout=budget, what=what)
+            except (CheckFailed, Timeout) as exc:
+                return everyone("failed", f"the answer cells could not be run outside the notebook: {exc}")
+            if not isinstance(report, dict) or "names" not in report:
+                return everyone("failed", "the answer cells could not be run outside the notebook")
+            if report.get("timed_out") and state != "ready":
+                # Later loads of the replay (one per check process) skip what never finished.
+                for i in report["timed_out"]:
+                    replay[i]["skip"] = True
+                spec.write_text(json.dumps({"cells": replay}))
+            ns = namespace(str(spec), report)
+            questions = {t["id"]: run_test(t["source"], ns, t["id"], cell_seconds) for t in tests}
+            return {"questions": questions, "errors": report.get("errors", [])}
     finally:
         os.chdir(here)
+
+
+@contextlib.contextmanager
+def _replayed_once(spec: Path, budget: float):
+    """Where the checks' children come from: a fork server that ran the replay once, if it can.
+
+    Yields :func:`autograder.forkserver.pinned`'s state. ``"ready"``: every child starts from
+    the replayed state. ``"threads"`` or no fork server on this platform (``"unpinned"``):
+    each child runs the replay itself, as :func:`load_replay` does on unpickling.
+    """
+    from autograder import forkserver
+
+    if sys.platform != "linux":
+        yield "unpinned", None
+        return
+    with forkserver.pinned(str(spec), budget) as state:
+        yield state
 
 
 def main(argv: list[str]) -> int:
