@@ -49,6 +49,8 @@ from pathlib import Path
 from autograder.zygote import reap
 
 ENV = "SERVELAB_FORKSERVER"
+# Where a server made for this process already listens (set by the grading zygote for a kernel).
+SOCKET_ENV = "SERVELAB_FORKSERVER_SOCKET"
 PRELOAD = (
     "numpy", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.datasets",
     "sklearn.model_selection", "sklearn.metrics", "joblib", "cloudpickle", "flask", "werkzeug.serving", "requests",
@@ -232,6 +234,83 @@ class ForkedProcess:
 
 _server: dict = {}
 _lock = threading.Lock()
+_hosts: list["Host"] = []
+
+
+class Host:
+    """A fork server forked, not started: it has this process's imports and waits to be told what to serve.
+
+    :func:`prefork` makes one in a process that has the libraries loaded (the grading zygote
+    preloads :data:`PRELOAD`) *before* that process reads anything student code must not
+    see; :func:`pinned` then starts it instead of a fresh ``python -m autograder.forkserver``,
+    which saves those imports. It takes ``{"path", "replay", "env"}`` as one JSON line on a pipe.
+    """
+
+    def __init__(self, pid: int, pipe: int):
+        self.pid, self._pipe = pid, pipe
+        self.returncode: int | None = None
+
+    def start(self, path: str, replay: str, env: dict) -> "Host":
+        with os.fdopen(self._pipe, "w") as f:
+            f.write(json.dumps({"path": path, "replay": replay, "env": env, "cwd": os.getcwd()}) + "\n")
+        return self
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        while self.poll() is None:
+            time.sleep(0.02)
+        return self.returncode
+
+
+def prefork(run_as: tuple[int, int] | None, serve_at: str | None = None) -> None:
+    """Fork a fork server now, as ``run_as`` (uid, gid) if given, with this process's imports.
+
+    With ``serve_at`` it listens there at once (a plain server; the grading zygote makes one
+    for each notebook's kernel, which finds it through :data:`SOCKET_ENV`). Without, it is a
+    :class:`Host` for the next :func:`pinned`.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(write)
+            os.setsid()
+            if run_as:
+                os.setgroups([])
+                os.setgid(run_as[1])
+                os.setuid(run_as[0])
+            if serve_at:
+                os.close(read)
+                serve(serve_at)
+                code = 0
+                return
+            with os.fdopen(read) as f:
+                line = f.readline()
+            if line:
+                req = json.loads(line)
+                os.environ.clear()
+                os.environ.update(req["env"])
+                tempfile.tempdir = None
+                os.chdir(req["cwd"])
+                sys.path[0] = req["cwd"]  # as `python -m autograder.forkserver` started there would have it
+                serve(req["path"], req["replay"])
+                code = 0
+        except BaseException:  # noqa: BLE001 - the grader sees the server never listened
+            pass
+        finally:
+            os._exit(code)
+    os.close(read)
+    if serve_at:
+        os.close(write)
+    else:
+        _hosts.append(Host(pid, write))
 
 
 @contextlib.contextmanager
@@ -244,12 +323,16 @@ def pinned(replay: str, timeout: float):
     """
     folder = tempfile.mkdtemp(prefix="servelab-fork-")
     path = os.path.join(folder, "socket")
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autograder.forkserver", path, replay],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
-    )
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, SOCKET_ENV)}
+    host = _hosts.pop() if _hosts else None
+    if host is not None:
+        proc = host.start(path, replay, {**env, "PYTHONWARNINGS": "ignore"})
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autograder.forkserver", path, replay],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
+        )
     deadline = time.monotonic() + timeout
     while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -283,9 +366,16 @@ def _socket_path() -> str | None:
             return _server["path"]
         if _server.get("failed"):
             return None
+        given = os.environ.get(SOCKET_ENV)
+        if given and not _server.get("pinned"):
+            deadline = time.monotonic() + 30
+            while not os.path.exists(given) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if os.path.exists(given):
+                return given
         folder = tempfile.mkdtemp(prefix="servelab-fork-")
         path = os.path.join(folder, "socket")
-        env = {k: v for k, v in os.environ.items() if k != ENV}
+        env = {k: v for k, v in os.environ.items() if k not in (ENV, SOCKET_ENV)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "autograder.forkserver", path],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -307,7 +397,7 @@ def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedPr
     path = _socket_path()
     if path is None:
         return None
-    env = {k: v for k, v in env.items() if k != ENV}
+    env = {k: v for k, v in env.items() if k not in (ENV, SOCKET_ENV)}
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(path)

@@ -95,6 +95,23 @@ def drop_privileges(uid: int, gid: int, home: str) -> None:
     os.environ.update({"HOME": home, "USER": f"student{uid}", "LOGNAME": f"student{uid}"})
 
 
+def _kernel_forkserver(cwd: str) -> None:
+    """A fork server for the kernel's checks, forked from here (the zygote's imports), as the kernel's user.
+
+    Forked before nbgrader reads the gradebook, so it holds nothing the grader keeps from
+    student code; the kernel finds it through ``SERVELAB_FORKSERVER_SOCKET``.
+    """
+    from autograder.forkserver import SOCKET_ENV, prefork
+
+    uid, _, gid = os.environ["SERVELAB_SANDBOX_USER"].partition(":")
+    folder = Path(cwd) / ".forkserver"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, int(uid), int(gid or uid))
+    path = str(folder / "socket")
+    prefork((int(uid), int(gid or uid)), serve_at=path)
+    os.environ[SOCKET_ENV] = path
+
+
 def _child(req: dict) -> None:
     """In the forked child: enter the sandbox, then run nbgrader. Never returns."""
     code = 1
@@ -119,6 +136,8 @@ def _child(req: dict) -> None:
         os.environ.update(req["env"])
         if req["limits"] is not None:
             apply_limits(Limits(**req["limits"]), {Path(d).parent.name for d in req["cgroups"]})
+        if req.get("entry") != "outside" and os.environ.get("SERVELAB_FORKSERVER") == "1" and os.environ.get("SERVELAB_SANDBOX_USER"):
+            _kernel_forkserver(req["cwd"])
         if req.get("entry") == "outside":
             from autograder.outside import main_sandboxed
 
@@ -169,6 +188,17 @@ def serve() -> None:
     import nbgrader.preprocessors  # noqa: F401
     import sqlalchemy.dialects.sqlite  # noqa: F401
     import zmq  # noqa: F401
+
+    # And what the outside grader's fork server loads, so the one it forks has it already.
+    from autograder.forkserver import PRELOAD
+
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing extra only costs speed
+            pass
+    import IPython.core.inputtransformer2  # noqa: F401 - the replay's cell transformer
+    import autograder.outside  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout
