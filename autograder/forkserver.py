@@ -282,6 +282,12 @@ def prefork(run_as: tuple[int, int] | None, serve_at: str | None = None) -> None
         try:
             os.close(write)
             os.setsid()
+            # Nothing of the forking process's: not its stdin (the zygote's request pipe), logs or other files.
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, read)
+            os.closerange(read + 1, max(read + 1, os.sysconf("SC_OPEN_MAX")))
             if run_as:
                 os.setgroups([])
                 os.setgid(run_as[1])

@@ -104,8 +104,9 @@ def _kernel_forkserver(cwd: str) -> None:
     from autograder.forkserver import SOCKET_ENV, prefork
 
     uid, _, gid = os.environ["SERVELAB_SANDBOX_USER"].partition(":")
-    folder = Path(cwd) / ".forkserver"
-    folder.mkdir(mode=0o700)
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=".forkserver-", dir=cwd))  # one per notebook run
     os.chown(folder, int(uid), int(gid or uid))
     path = str(folder / "socket")
     prefork((int(uid), int(gid or uid)), serve_at=path)

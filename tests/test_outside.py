@@ -73,3 +73,25 @@ def test_a_missing_answer_is_unanswered_not_an_error(tmp_path):
     result = verify(_notebook(tmp_path, "raise NotImplementedError()\n"), _trusted(CALLS[:1]), tmp_path / "w")
     assert result["questions"]["t0"]["status"] == "unanswered"
     assert any("NotImplementedError" in e for e in result["errors"])
+
+
+def test_a_preforked_host_runs_the_replay_with_none_of_the_graders_files(tmp_path):
+    """``prefork`` (as the sandboxed grader does before reading the tests) leaves the host no inherited file."""
+    secret = open(tmp_path / "secret.txt", "w")  # stands for the zygote's request pipe and the grader's logs
+    try:
+        forkserver.prefork(None)
+        assert forkserver._hosts
+    finally:
+        secret.close()
+    answer = ("import os\n"
+              "STDIN_IS_NULL = os.path.samestat(os.fstat(0), os.stat(os.devnull))\n"
+              "def _link(fd):\n"
+              "    try:\n"
+              "        return os.readlink(f'/proc/self/fd/{fd}')\n"
+              "    except OSError:  # the listing's own descriptor\n"
+              "        return ''\n"
+              "OPEN = sorted(_link(fd) for fd in os.listdir('/proc/self/fd'))\n")
+    tests = ["assert STDIN_IS_NULL", "assert not any(p.endswith('secret.txt') for p in OPEN), OPEN"]
+    result = verify(_notebook(tmp_path, answer), _trusted(tests), tmp_path / "w")
+    assert not forkserver._hosts, "the host was not used"
+    assert {q: v["status"] for q, v in result["questions"].items()} == {"t0": "passed", "t1": "passed"}, result
