@@ -69,7 +69,7 @@ def bare(class_dir: Path, sources: list[Path], work: Path) -> float:
         started = time.monotonic()
         # As nbgrader starts its kernels: with the command history in memory, not in SQLite.
         client = NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True,
-                                extra_arguments=["--HistoryManager.hist_file=:memory:"],
+                                extra_arguments=["--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"],
                                 resources={"metadata": {"path": str(nb_path.parent)}})
         try:
             client.execute()
