@@ -62,7 +62,7 @@ EXIT_THREADS = 86
 
 
 def enabled() -> bool:
-    return sys.platform == "linux" and (os.environ.get(ENV) == "1" or bool(_server.get("pinned")))
+    return sys.platform == "linux" and (os.environ.get(ENV) == "1" or bool(_server.get("pinned") or _server.get("direct")))
 
 
 # --- server ----------------------------------------------------------------------------------
@@ -123,7 +123,10 @@ def serve(path: str, replay: str | None = None) -> None:
     if replay is not None:
         from autograder.outside import load_replay
 
+        # The replay's own given cells start checks too (a model trained offline, say): they fork from here.
+        _server["direct"] = True
         load_replay(replay)
+        _server.pop("direct")
         if threading.active_count() > 1:
             os._exit(EXIT_THREADS)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -398,8 +401,37 @@ def _socket_path() -> str | None:
         return path
 
 
-def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedProcess | None:
+class DirectChild:
+    """A child this process forked itself (:func:`spawn` in a server that is still replaying)."""
+
+    def __init__(self, pid: int, args: list[str]):
+        self.pid, self.args = pid, args
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+
+def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedProcess | DirectChild | None:
     """``python <args>`` as a child of the fork server, or None if there is none to ask."""
+    if _server.get("direct") and threading.active_count() == 1:
+        env = {k: v for k, v in env.items() if k not in (ENV, SOCKET_ENV)}
+        pid = os.fork()
+        if pid == 0:
+            _child({"args": list(args), "cwd": str(workdir), "log": str(log_path), "env": env})
+        return DirectChild(pid, list(args))
     path = _socket_path()
     if path is None:
         return None
@@ -428,4 +460,7 @@ def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedPr
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], *sys.argv[2:3])
+    # The imported module's serve, not this __main__ copy's: spawn() reads that module's state.
+    from autograder import forkserver as _module
+
+    _module.serve(sys.argv[1], *sys.argv[2:3])

@@ -95,3 +95,16 @@ def test_a_preforked_host_runs_the_replay_with_none_of_the_graders_files(tmp_pat
     result = verify(_notebook(tmp_path, answer), _trusted(tests), tmp_path / "w")
     assert not forkserver._hosts, "the host was not used"
     assert {q: v["status"] for q, v in result["questions"].items()} == {"t0": "passed", "t1": "passed"}, result
+
+
+def test_checks_that_the_replay_itself_starts_are_forked_from_it(tmp_path):
+    """A given cell that runs a check in a child (00's offline training) forks it from the replaying server."""
+    given = ("from autograder.isolate import run_isolated\n\n"
+             "def _forked_from_the_replay():\n"
+             "    import sys\n"
+             "    return any(name.startswith('servelab_submission') for name in sys.modules)\n\n"
+             "FORKED = run_isolated(_forked_from_the_replay)\n")
+    trusted = _trusted(["assert FORKED is True, FORKED"])
+    trusted["cells"].insert(0, {"kind": "given", "id": "setup", "source": given})
+    result = verify(_notebook(tmp_path, "x = 1\n"), trusted, tmp_path / "w")
+    assert result["questions"]["t0"]["status"] == "passed", result
