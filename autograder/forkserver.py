@@ -240,23 +240,12 @@ _lock = threading.Lock()
 _hosts: list["Host"] = []
 
 
-class Host:
-    """A fork server forked, not started: it has this process's imports and waits to be told what to serve.
+class DirectChild:
+    """A child this process forked itself and reaps itself (:func:`spawn` in a server that is still replaying)."""
 
-    :func:`prefork` makes one in a process that has the libraries loaded (the grading zygote
-    preloads :data:`PRELOAD`) *before* that process reads anything student code must not
-    see; :func:`pinned` then starts it instead of a fresh ``python -m autograder.forkserver``,
-    which saves those imports. It takes ``{"path", "replay", "env"}`` as one JSON line on a pipe.
-    """
-
-    def __init__(self, pid: int, pipe: int):
-        self.pid, self._pipe = pid, pipe
+    def __init__(self, pid: int, args: list[str]):
+        self.pid, self.args = pid, args
         self.returncode: int | None = None
-
-    def start(self, path: str, replay: str, env: dict) -> "Host":
-        with os.fdopen(self._pipe, "w") as f:
-            f.write(json.dumps({"path": path, "replay": replay, "env": env, "cwd": os.getcwd()}) + "\n")
-        return self
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -266,9 +255,31 @@ class Host:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
-            time.sleep(0.02)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.01)
         return self.returncode
+
+
+class Host(DirectChild):
+    """A fork server forked, not started: it has this process's imports and waits to be told what to serve.
+
+    :func:`prefork` makes one in a process that has the libraries loaded (the grading zygote
+    preloads :data:`PRELOAD`) *before* that process reads anything student code must not
+    see; :func:`pinned` then starts it instead of a fresh ``python -m autograder.forkserver``,
+    which saves those imports. It takes ``{"path", "replay", "env"}`` as one JSON line on a pipe.
+    """
+
+    def __init__(self, pid: int, pipe: int):
+        super().__init__(pid, ["autograder.forkserver host"])
+        self._pipe = pipe
+
+    def start(self, path: str, replay: str, env: dict) -> "Host":
+        with os.fdopen(self._pipe, "w") as f:
+            f.write(json.dumps({"path": path, "replay": replay, "env": env, "cwd": os.getcwd()}) + "\n")
+        return self
 
 
 def prefork(run_as: tuple[int, int] | None, serve_at: str | None = None) -> None:
@@ -399,29 +410,6 @@ def _socket_path() -> str | None:
             return None
         _server.update(proc=proc, path=path)
         return path
-
-
-class DirectChild:
-    """A child this process forked itself (:func:`spawn` in a server that is still replaying)."""
-
-    def __init__(self, pid: int, args: list[str]):
-        self.pid, self.args = pid, args
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout)
-            time.sleep(0.01)
-        return self.returncode
 
 
 def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedProcess | DirectChild | None:
