@@ -333,6 +333,18 @@ def prefork(run_as: tuple[int, int] | None, serve_at: str | None = None) -> None
         _hosts.append(Host(pid, write))
 
 
+def _socket_folder() -> str:
+    """A new private folder for a server's socket, short enough for AF_UNIX's 107-byte limit.
+
+    The temporary folder of a sandboxed run lies deep in its course folder; /tmp does not.
+    """
+    folder = tempfile.mkdtemp(prefix="servelab-fork-")
+    if len(folder) > 80:
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="servelab-fork-", dir="/tmp")
+    return folder
+
+
 @contextlib.contextmanager
 def pinned(replay: str, timeout: float):
     """A server that has run ``replay`` (:func:`autograder.outside.load_replay`), for this block.
@@ -341,7 +353,7 @@ def pinned(replay: str, timeout: float):
     it. Otherwise yields why not: ``("threads", None)`` (the replay left threads running),
     ``("died", exit code)`` or ``("timeout", seconds)``, and spawning is as before the block.
     """
-    folder = tempfile.mkdtemp(prefix="servelab-fork-")
+    folder = _socket_folder()
     path = os.path.join(folder, "socket")
     env = {k: v for k, v in os.environ.items() if k not in (ENV, SOCKET_ENV)}
     host = _hosts.pop() if _hosts else None
@@ -393,7 +405,7 @@ def _socket_path() -> str | None:
                 time.sleep(0.02)
             if os.path.exists(given):
                 return given
-        folder = tempfile.mkdtemp(prefix="servelab-fork-")
+        folder = _socket_folder()
         path = os.path.join(folder, "socket")
         env = {k: v for k, v in os.environ.items() if k not in (ENV, SOCKET_ENV)}
         proc = subprocess.Popen(

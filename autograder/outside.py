@@ -405,9 +405,8 @@ def verify(submission: Path, trusted: dict, workdir: Path, cell_seconds: float =
     what = "your notebook's answer cells"
     try:
         with _replayed_once(spec, budget) as (state, detail):
-            if state == "died":
-                return everyone("failed", f"the answer cells could not be run outside the notebook: {what} ended "
-                                          f"the test process (exit code {detail}) before it could report.")
+            # "died" (the replay ended its process, or the server failed) goes on as unpinned: the
+            # probe below replays in a child of its own and reports what happens there.
             if state == "timeout":
                 return everyone("failed", f"the answer cells could not be run outside the notebook: {what} did not "
                                           f"finish within {detail:g} s (an endless loop, or waiting on something?)")
@@ -434,8 +433,9 @@ def _replayed_once(spec: Path, budget: float):
     """Where the checks' children come from: a fork server that ran the replay once, if it can.
 
     Yields :func:`autograder.forkserver.pinned`'s state. ``"ready"``: every child starts from
-    the replayed state. ``"threads"`` or no fork server on this platform (``"unpinned"``):
-    each child runs the replay itself, as :func:`load_replay` does on unpickling.
+    the replayed state. ``"threads"``, ``"died"`` or no fork server on this platform
+    (``"unpinned"``): each child runs the replay itself, as :func:`load_replay` does on
+    unpickling. ``"timeout"``: the replay did not finish within its budget.
     """
     from autograder import forkserver
 

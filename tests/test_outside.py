@@ -108,3 +108,17 @@ def test_checks_that_the_replay_itself_starts_are_forked_from_it(tmp_path):
     trusted["cells"].insert(0, {"kind": "given", "id": "setup", "source": given})
     result = verify(_notebook(tmp_path, "x = 1\n"), trusted, tmp_path / "w")
     assert result["questions"]["t0"]["status"] == "passed", result
+
+
+def test_a_deep_temporary_folder_still_gets_a_pinned_server(tmp_path, monkeypatch):
+    """AF_UNIX socket paths stop at 107 bytes; a sandboxed run's TMPDIR is deeper than that (notebook 11 hit it)."""
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    work = tmp_path / "w"
+    result = verify(_notebook(tmp_path, "def square(x):\n    return x * x\n"), _trusted(CALLS[:2]), work)
+    assert [v["status"] for v in result["questions"].values()] == ["passed", "passed"]
+    assert _replays(work) == 1
