@@ -31,6 +31,7 @@ def execute_all(out_dir: Path = BUILD / "executed") -> list[tuple[str, float]]:
         started = time.monotonic()
         papermill.execute_notebook(
             str(nb), str(out_dir / nb.name), cwd=str(out_dir), kernel_name="python3", progress_bar=False,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not ipykernel's TCP warning once per notebook
         )
         timings.append((nb.name, time.monotonic() - started))
     return timings
