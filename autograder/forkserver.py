@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from autograder.zygote import reap
+from autograder.zygote import drop_privileges, reap
 
 ENV = "SERVELAB_FORKSERVER"
 # Where a server made for this process already listens (set by the grading zygote for a kernel).
@@ -111,15 +111,25 @@ def _child(req: dict) -> None:
             os._exit(code)
 
 
-def serve(path: str, replay: str | None = None) -> None:
-    """Preload (and run ``replay``), listen on ``path``, fork on request; exit when the parent is gone."""
-    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    parent = os.getppid()
+def preload() -> None:
+    """Import :data:`PRELOAD` (what most checks' children need), skipping what is not installed."""
     for name in PRELOAD:
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - a missing extra only costs speed
             pass
+
+
+def _without_ours(env: dict) -> dict:
+    """``env`` without this module's variables: a child is not a client of its parent's server."""
+    return {k: v for k, v in env.items() if k not in (ENV, SOCKET_ENV)}
+
+
+def serve(path: str, replay: str | None = None) -> None:
+    """Preload (and run ``replay``), listen on ``path``, fork on request; exit when the parent is gone."""
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    parent = os.getppid()
+    preload()
     if replay is not None:
         from autograder.outside import load_replay
 
@@ -303,9 +313,7 @@ def prefork(run_as: tuple[int, int] | None, serve_at: str | None = None) -> None
             os.closerange(3, read)
             os.closerange(read + 1, max(read + 1, os.sysconf("SC_OPEN_MAX")))
             if run_as:
-                os.setgroups([])
-                os.setgid(run_as[1])
-                os.setuid(run_as[0])
+                drop_privileges(*run_as)
             if serve_at:
                 os.close(read)
                 serve(serve_at)
@@ -333,6 +341,23 @@ def prefork(run_as: tuple[int, int] | None, serve_at: str | None = None) -> None
         _hosts.append(Host(pid, write))
 
 
+def _start_server(path: str, *replay: str) -> subprocess.Popen:
+    """A fresh ``python -m autograder.forkserver PATH [REPLAY]`` (when there is nothing to fork it from)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "autograder.forkserver", path, *replay],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**_without_ours(os.environ), "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def _await_socket(path: str, seconds: float, proc=None) -> bool:
+    """Whether ``path`` exists within ``seconds`` (giving up early if ``proc``, the server, ends)."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and (proc is None or proc.poll() is None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.path.exists(path)
+
+
 def _socket_folder() -> str:
     """A new private folder for a server's socket, short enough for AF_UNIX's 107-byte limit.
 
@@ -355,20 +380,12 @@ def pinned(replay: str, timeout: float):
     """
     folder = _socket_folder()
     path = os.path.join(folder, "socket")
-    env = {k: v for k, v in os.environ.items() if k not in (ENV, SOCKET_ENV)}
     host = _hosts.pop() if _hosts else None
     if host is not None:
-        proc = host.start(path, replay, {**env, "PYTHONWARNINGS": "ignore"})
+        proc = host.start(path, replay, {**_without_ours(os.environ), "PYTHONWARNINGS": "ignore"})
     else:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autograder.forkserver", path, replay],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
-        )
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if os.path.exists(path):
+        proc = _start_server(path, replay)
+    if _await_socket(path, timeout, proc):
         state = ("ready", None)
     elif proc.poll() is None:
         state = ("timeout", timeout)
@@ -399,24 +416,12 @@ def _socket_path() -> str | None:
         if _server.get("failed"):
             return None
         given = os.environ.get(SOCKET_ENV)
-        if given and not _server.get("pinned"):
-            deadline = time.monotonic() + 30
-            while not os.path.exists(given) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if os.path.exists(given):
-                return given
+        if given and not _server.get("pinned") and _await_socket(given, 30):
+            return given
         folder = _socket_folder()
         path = os.path.join(folder, "socket")
-        env = {k: v for k, v in os.environ.items() if k not in (ENV, SOCKET_ENV)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autograder.forkserver", path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
-        )
-        deadline = time.monotonic() + 60
-        while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not os.path.exists(path):
+        proc = _start_server(path)
+        if not _await_socket(path, 60, proc):
             proc.kill()
             _server["failed"] = True
             return None
@@ -426,8 +431,8 @@ def _socket_path() -> str | None:
 
 def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedProcess | DirectChild | None:
     """``python <args>`` as a child of the fork server, or None if there is none to ask."""
+    env = _without_ours(env)
     if _server.get("direct") and threading.active_count() == 1:
-        env = {k: v for k, v in env.items() if k not in (ENV, SOCKET_ENV)}
         pid = os.fork()
         if pid == 0:
             _child({"args": list(args), "cwd": str(workdir), "log": str(log_path), "env": env})
@@ -435,7 +440,6 @@ def spawn(args: list[str], workdir: Path, log_path: Path, env: dict) -> ForkedPr
     path = _socket_path()
     if path is None:
         return None
-    env = {k: v for k, v in env.items() if k not in (ENV, SOCKET_ENV)}
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(path)

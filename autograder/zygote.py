@@ -87,12 +87,13 @@ def _expose(libc, target: Path) -> bool:
     return True
 
 
-def drop_privileges(uid: int, gid: int, home: str) -> None:
-    """Become ``uid``:``gid`` for good, with ``home`` as HOME. Root only."""
+def drop_privileges(uid: int, gid: int, home: str | None = None) -> None:
+    """Become ``uid``:``gid`` for good, with ``home`` (if given) as HOME. Root only."""
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
-    os.environ.update({"HOME": home, "USER": f"student{uid}", "LOGNAME": f"student{uid}"})
+    if home is not None:
+        os.environ.update({"HOME": home, "USER": f"student{uid}", "LOGNAME": f"student{uid}"})
 
 
 def _kernel_forkserver(cwd: str) -> None:
@@ -101,15 +102,16 @@ def _kernel_forkserver(cwd: str) -> None:
     Forked before nbgrader reads the gradebook, so it holds nothing the grader keeps from
     student code; the kernel finds it through ``SERVELAB_FORKSERVER_SOCKET``.
     """
+    import tempfile
+
     from autograder.forkserver import SOCKET_ENV, prefork
 
     uid, _, gid = os.environ["SERVELAB_SANDBOX_USER"].partition(":")
-    import tempfile
-
+    user = (int(uid), int(gid or uid))
     folder = Path(tempfile.mkdtemp(prefix=".forkserver-", dir=cwd))  # one per notebook run
-    os.chown(folder, int(uid), int(gid or uid))
+    os.chown(folder, *user)
     path = str(folder / "socket")
-    prefork((int(uid), int(gid or uid)), serve_at=path)
+    prefork(user, serve_at=path)
     os.environ[SOCKET_ENV] = path
 
 
@@ -190,14 +192,10 @@ def serve() -> None:
     import sqlalchemy.dialects.sqlite  # noqa: F401
     import zmq  # noqa: F401
 
-    # And what the outside grader's fork server loads, so the one it forks has it already.
-    from autograder.forkserver import PRELOAD
+    # And what the checks' fork servers load, so the ones forked from here have it already.
+    from autograder.forkserver import preload
 
-    for name in PRELOAD:
-        try:
-            __import__(name)
-        except Exception:  # noqa: BLE001 - a missing extra only costs speed
-            pass
+    preload()
     import IPython.core.inputtransformer2  # noqa: F401 - the replay's cell transformer
     import autograder.outside  # noqa: F401
 
