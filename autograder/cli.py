@@ -23,12 +23,13 @@ def _print_table(rows: list[tuple], headers: tuple) -> None:
 
 
 def cmd_check(args) -> int:
-    from autograder.course import GradingError
-    from autograder.grading import NotGradable, check_notebook
+    from autograder.grade.classgrade import IsolationError
+    from autograder.grade.course import GradingError
+    from autograder.grade.grading import NotGradable, check_notebook
 
     try:
-        result = check_notebook(args.notebook)
-    except NotGradable as exc:
+        result = check_notebook(args.notebook, isolation=args.isolation)
+    except (NotGradable, IsolationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except GradingError as exc:
@@ -39,14 +40,20 @@ def cmd_check(args) -> int:
             "notebook": result.notebook,
             "score": result.score,
             "max_score": result.max_score,
+            "status": result.status,
+            "reason": result.reason,
+            "isolation": result.isolation,
+            "suspected_tampering": result.suspected_tampering,
             "questions": [
-                {"id": q.id, "score": q.score, "max_score": q.max_score, "status": q.status, "message": q.message}
+                {"id": q.id, "score": q.score, "max_score": q.max_score, "status": q.status, "message": q.message,
+                 "kernel_score": q.kernel_score}
                 for q in result.questions
             ],
         }
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"{result.notebook}: {result.score:g} / {result.max_score:g}")
+    print(f"{result.notebook}: {result.score:g} / {result.max_score:g}" + (f" ({result.status}: {result.reason})" if result.reason else ""))
+    print("isolation: " + ", ".join(f"{k} = {v}" for k, v in result.isolation.items()))
     _print_table(
         [(q.id, f"{q.score:g}/{q.max_score:g}", q.status, q.message.splitlines()[0][:100] if q.message else "")
          for q in result.questions],
@@ -73,17 +80,17 @@ def cmd_release(args) -> int:
 def cmd_grade(args) -> int:
     from pathlib import Path
 
-    from autograder.classgrade import grade_class
-    from autograder.collect import CollectError
-    from autograder.sandbox import Limits
+    from autograder.grade.classgrade import IsolationError, grade_class
+    from autograder.grade.collect import CollectError
+    from autograder.grade.sandbox import Limits
 
     limits = Limits(notebook_seconds=args.notebook_timeout, submission_seconds=args.submission_timeout)
     try:
         run = grade_class(
             Path(args.submissions), Path(args.out), workers=args.workers, force=args.force,
-            scheduler=args.scheduler, limits=limits, regexp=args.regexp,
+            scheduler=args.scheduler, limits=limits, regexp=args.regexp, isolation=args.isolation,
         )
-    except CollectError as exc:
+    except (CollectError, IsolationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -101,12 +108,19 @@ def cmd_demo(args) -> int:
     return run_demo()
 
 
+def _isolation_option(p) -> None:
+    p.add_argument("--isolation", choices=("require", "warn"), default=None,
+                   help="require: refuse to grade without every protection (the default as root); "
+                        "warn: grade anyway, with a loud warning (the default otherwise)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder", description="servelab's grader")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="grade one notebook, hidden tests included")
     p.add_argument("notebook")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _isolation_option(p)
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (nbgrader generate_assignment)")
     p.add_argument("--dest", help="write the student notebooks here instead of notebooks/")
@@ -121,6 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--regexp", default=None, help="zip_collect file-name pattern with student_id and file_id groups")
     p.add_argument("--notebook-timeout", type=float, default=300.0, help="wall-clock seconds per notebook")
     p.add_argument("--submission-timeout", type=float, default=900.0, help="wall-clock seconds per submission")
+    _isolation_option(p)
     p.set_defaults(func=cmd_grade)
     p = sub.add_parser("demo", help="execute, drift-check and grade the whole workbook")
     p.set_defaults(func=cmd_demo)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from autograder import REPO
-from autograder.course import NotebookResult, Question
-from autograder.grading import NOTEBOOKS, solution_notebooks
+from autograder.grade.course import NotebookResult, Question
+from autograder.grade.grading import NOTEBOOKS, solution_notebooks
 
 BUILD = REPO / "build"
 
@@ -46,7 +46,7 @@ def grade_invariants(out: Path = BUILD / "grades") -> tuple[list[NotebookResult]
     """
     import shutil
 
-    from autograder.classgrade import grade_class, stored_results
+    from autograder.grade.classgrade import grade_class, stored_results
 
     sources = solution_notebooks()
     class_dir = BUILD / "demo-class"

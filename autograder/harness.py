@@ -13,6 +13,7 @@ everything it started are stopped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +28,8 @@ from autograder.isolate import dump_payload, log_tail, spawn, stop_process
 
 START_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 5.0
-DEFAULT_MODEL_DIR = Path(tempfile.gettempdir()) / "servelab-model"
+# While grading, the grader's read-only copy of the course model (autograder.grade.sandbox).
+DEFAULT_MODEL_DIR = Path(os.environ.get("SERVELAB_GRADER_MODEL") or Path(tempfile.gettempdir()) / "servelab-model")
 
 
 class LiveServer:

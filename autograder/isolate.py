@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,50 +23,21 @@ from autograder.errors import CheckFailed, Timeout
 DEFAULT_TIMEOUT = 20.0
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """Stop ``proc`` and everything it started: SIGTERM to its group, then SIGKILL."""
-    if proc.poll() is None:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    # The leader may be gone while children it forked live on in the group.
-    _signal_group(proc, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.wait()
+def stop_process(proc, grace: float = 3.0) -> None:
+    """Stop ``proc`` and everything it started (:func:`autograder.procs.stop`)."""
+    from autograder.procs import stop
+
+    stop(proc, grace)
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def spawn(args: list[str], workdir: Path, log_path: Path):
+    """Start ``python args...`` in its own session, output to ``log_path`` (:func:`autograder.procs.spawn`).
 
-
-def spawn(args: list[str], workdir: Path, log_path: Path) -> subprocess.Popen:
-    """Start ``python args...`` in its own session with output going to ``log_path``.
-
-    While grading (``SERVELAB_FORKSERVER=1``) the process is forked from a preloaded server
-    instead (:mod:`autograder.forkserver`), which saves the imports of every child.
+    In the grading sandbox it is a fork of a preloaded server, which saves every child's imports.
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    from autograder import forkserver
+    from autograder.procs import spawn as _spawn
 
-    if forkserver.enabled():
-        proc = forkserver.spawn(args, Path(workdir), Path(log_path), env)
-        if proc is not None:
-            return proc
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
+    return _spawn(args, workdir, log_path)
 
 
 def log_tail(log_path: Path, lines: int = 12) -> str:

@@ -5,8 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
-from autograder.course import Course
-from autograder.grading import NOTEBOOKS, solution_notebooks
+from autograder.grade.course import Course
+from autograder.grade.grading import NOTEBOOKS, solution_notebooks
 
 
 def generate_into(dest: Path, only: list[str] | None = None) -> list[Path]:

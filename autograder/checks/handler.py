@@ -93,19 +93,46 @@ def _model_dir(model_dir):
     return ensure_model(model_dir or DEFAULT_MODEL_DIR).resolve()
 
 
-@lru_cache(maxsize=4)
-def _reference(model_dir: str):
-    from server_stub.handler import Context
+# Model folders this process wrote (relabeled_model), with their class names. The judge's
+# reference never reads a model folder: student code may have rewritten any of them.
+_WRITTEN: dict[str, list[str]] = {}
+
+
+@lru_cache(maxsize=1)
+def _course_model():
+    from server_stub.model import train
+
+    return train()
+
+
+def _meta(model_dir) -> dict:
+    """What ``meta.json`` in ``model_dir`` must say: the course model's, with the classes this process wrote there."""
+    import joblib
+    import sklearn
+
+    from server_stub.model import FEATURES, MODEL_NAME, MODEL_VERSION
+
+    classes = _WRITTEN.get(str(_model_dir(model_dir)), _course_model()[1])
+    return {"name": MODEL_NAME, "version": MODEL_VERSION, "features": list(FEATURES), "classes": list(classes),
+            "sklearn_version": sklearn.__version__, "joblib_version": joblib.__version__}
+
+
+@lru_cache(maxsize=8)
+def _reference(classes: tuple):
     from server_stub.iris_handler import IrisHandler
+    from server_stub.model import FEATURES
 
     handler = IrisHandler()
-    handler.initialize(Context(model_dir))
+    handler.meta = {"features": list(FEATURES), "classes": list(classes)}
+    handler.features, handler.classes = list(FEATURES), list(classes)
+    handler.model = _course_model()[0]
+    handler.context, handler.initialized = None, True
     return handler
 
 
 def reference(model_dir=None):
-    """The finished handler for ``model_dir``: what a correct answer gives."""
-    return _reference(str(_model_dir(model_dir)))
+    """The finished handler for ``model_dir``: what a correct answer gives, built in memory (never unpickled)."""
+    return _reference(tuple(_meta(model_dir)["classes"]))
 
 
 def _unexpected(step: str, observation: dict) -> CheckFailed:
@@ -125,15 +152,13 @@ def _close(a, b) -> bool:
 
 def check_initialize(handler_class, model_dir=None) -> None:
     """``initialize`` loads the model and the names in ``meta.json`` from the context's directory."""
-    from server_stub.model import read_meta
-
     init, (obs,) = _run(handler_class, [("__dict__", None)], model_dir)
     if not init["initialized"]:
         raise CheckFailed("after initialize(context), handler.initialized should be True; it is not.")
     state = obs.get("value") or {}
     if not state.get("model_predicts"):
         raise CheckFailed("after initialize(context), handler.model should be the loaded model (with predict_proba); it is not.")
-    meta = read_meta(_model_dir(model_dir))
+    meta = _meta(model_dir)
     for key in ("features", "classes"):
         if state.get(key) != meta[key]:
             raise CheckFailed(
@@ -250,4 +275,5 @@ def relabeled_model(model_dir: str | Path, classes: list[str]) -> Path:
     meta = json.loads((model_dir / META_FILE).read_text())
     meta["classes"] = list(classes)
     (model_dir / META_FILE).write_text(json.dumps(meta))
+    _WRITTEN[str(Path(model_dir).resolve())] = list(classes)
     return Path(model_dir).resolve()

@@ -20,10 +20,10 @@ code:
 4. Each graded cell's source *from the instructor's notebook* (hidden tests included) runs in
    that namespace. Passed, failed (with the check's message) or unanswered is the verdict.
 
-``python -m autograder.outside SUBMISSION.ipynb TESTS.json OUT.json`` does all of this; TESTS
-is :func:`trusted_tests` of the solution notebook. The worker runs it in the same sandbox as
-the notebook, compares it with the kernel's scores, records this verdict and flags every
-question where the two disagree.
+:func:`verify` does all of this. It runs in the grading sandbox's entry process
+(:mod:`autograder.grade.inside`) before any student code has run there; the pipeline compares
+its verdict with the kernel's scores, records this verdict and flags every question where the
+two disagree. docs/grading.md states what it may read and write.
 """
 from __future__ import annotations
 
@@ -432,70 +432,15 @@ def verify(submission: Path, trusted: dict, workdir: Path, cell_seconds: float =
 def _replayed_once(spec: Path, budget: float):
     """Where the checks' children come from: a fork server that ran the replay once, if it can.
 
-    Yields :func:`autograder.forkserver.pinned`'s state. ``"ready"``: every child starts from
-    the replayed state. ``"threads"``, ``"died"`` or no fork server on this platform
-    (``"unpinned"``): each child runs the replay itself, as :func:`load_replay` does on
-    unpickling. ``"timeout"``: the replay did not finish within its budget.
+    Yields :func:`autograder.procs.pinned`'s state. ``"ready"``: every child starts from the
+    replayed state. ``"threads"``, ``"died"`` or not Linux (``"unpinned"``): each child runs the
+    replay itself, as :func:`load_replay` does on unpickling. ``"timeout"``: the replay did not
+    finish within its budget.
     """
-    from autograder import forkserver
+    from autograder import procs
 
     if sys.platform != "linux":
         yield "unpinned", None
         return
-    with forkserver.pinned(str(spec), budget) as state:
+    with procs.pinned(str(spec), budget) as state:
         yield state
-
-
-def main(argv: list[str]) -> int:
-    submission, tests_path, out = argv
-    trusted = json.loads(Path(tests_path).read_text())
-    workdir = Path(out).with_suffix(".work")
-    result = verify(Path(submission), trusted, workdir)
-    tmp = out + ".tmp"
-    Path(tmp).write_text(json.dumps(result))
-    os.replace(tmp, out)
-    return 0
-
-
-def main_sandboxed(argv: list[str], run_as: list[int] | None) -> int:
-    """:func:`main` for the grading sandbox: read what only the grader may read, then drop to ``run_as``.
-
-    The instructor's tests are read and the verdict file opened while still root; then the
-    process becomes the submission's unprivileged user (which also makes it non-dumpable, so
-    the student's processes cannot trace it) and everything student code touches is theirs.
-    """
-    import shutil
-
-    submission, tests_path, out = argv
-    if sys.platform == "linux":
-        # Before the tests are read: the replay's fork server, with the zygote's imports and none of the grader's secrets.
-        from autograder.forkserver import prefork
-
-        prefork(tuple(run_as) if run_as else None)
-    trusted = json.loads(Path(tests_path).read_text())
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    workdir = Path(out).with_suffix(".work")
-    workdir.mkdir(mode=0o700)
-    local = workdir / Path(submission).name
-    shutil.copyfile(submission, local)
-    if run_as:
-        from autograder.zygote import drop_privileges
-
-        home = workdir / "home"
-        home.mkdir()
-        (home / "tmp").mkdir()
-        for p in (workdir, local, home, home / "tmp"):
-            os.chown(p, run_as[0], run_as[1])
-        drop_privileges(run_as[0], run_as[1], str(home))
-        os.environ["TMPDIR"] = str(home / "tmp")
-        import tempfile
-
-        tempfile.tempdir = None  # forget a temporary folder chosen before TMPDIR was set
-    result = verify(local, trusted, workdir / "run", trusted.get("cell_seconds", CELL_SECONDS))
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from autograder import REPO
-from autograder.course import Course, NotebookResult
+from autograder.grade.course import NotebookResult, Question
 
 SOLUTIONS = REPO / "solutions"
 NOTEBOOKS = REPO / "notebooks"
@@ -63,15 +63,30 @@ def match_solution(path: Path) -> Path:
     return best
 
 
-def check_notebook(path: Path) -> NotebookResult:
-    """Grade one notebook as nbgrader autograde does, hidden tests included."""
+def check_notebook(path: Path, isolation: str | None = None) -> NotebookResult:
+    """Grade one notebook through the class pipeline (sandbox, judge, kernel), hidden tests included.
+
+    The recorded scores are the judge's, as for ``grade``; each question also carries its
+    kernel score, and the result its isolation record.
+    """
+    from autograder.grade.classgrade import expected_questions, isolation_policy, template_gradebook
+    from autograder.grade.judge import trusted_tests
+    from autograder.grade.pipeline import grade_submission
+    from autograder.grade.sandbox import Limits
+
     solution = match_solution(path)
-    with Course.temporary([solution]) as course:
-        course.submit("student", path, name=solution.name)
-        course.autograde("student")
-        results = course.results("student")
-    if not results:
-        raise NotGradable(f"{path}: nbgrader recorded no grades for it")
-    result = results[0]
-    result.notebook = str(path)
-    return result
+    require = isolation_policy(isolation)
+    expected = expected_questions([solution])
+    result = grade_submission("student", {solution.stem: Path(path).read_bytes()}, template_gradebook([solution]), expected,
+                              Limits().to_dict(), {solution.stem: trusted_tests(solution)},
+                              hide=[str(Path(path).resolve().parent)] if Path(path).resolve().parent != NOTEBOOKS else [],
+                              require_full=require)
+    nb = result["notebooks"][0]
+    questions = [Question(q["id"], q["score"], q["max_score"], q["status"], q["message"]) for q in nb["questions"]]
+    for q, raw in zip(questions, nb["questions"]):
+        q.kernel_score = raw.get("kernel_score")
+    out = NotebookResult("student", str(path), nb["score"], nb["max_score"], questions)
+    out.status, out.reason = nb["status"], nb.get("reason", "")
+    out.isolation = nb.get("isolation", {})
+    out.suspected_tampering = nb.get("suspected_tampering", [])
+    return out

@@ -37,6 +37,7 @@ class Question:
     max_score: float
     status: str  # passed | failed | unanswered | error | timeout | missing
     message: str = ""
+    kernel_score: float | None = None
 
 
 @dataclass
@@ -46,6 +47,10 @@ class NotebookResult:
     score: float
     max_score: float
     questions: list[Question] = field(default_factory=list)
+    status: str = "ok"
+    reason: str = ""
+    isolation: dict = field(default_factory=dict)
+    suspected_tampering: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,21 +93,12 @@ class Course:
             shutil.rmtree(root, ignore_errors=True)
 
     def run(self, *args: str) -> None:
-        """Run ``nbgrader <args>`` in the course; raise :class:`GradingError` if it fails.
-
-        It runs in a child of the zygote (nbgrader already imported), or as the ``nbgrader``
-        command where there is no zygote.
-        """
-        from autograder.zygote import run_trusted
-
-        log = self.root / "nbgrader.log"
-        code = run_trusted(list(args), self.root, nbgrader_env(), log)
-        if code is None:
-            with open(log, "ab") as out:
-                code = subprocess.run(
-                    [str(Path(sys.executable).parent / "nbgrader"), *args],
-                    cwd=self.root, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                ).returncode
+        """Run ``nbgrader <args>`` in the course (the grader's own work: no student code); raise :class:`GradingError` if it fails."""
+        with open(self.root / "nbgrader.log", "ab") as out:
+            code = subprocess.run(
+                [sys.executable, "-m", "nbgrader", *args],
+                cwd=self.root, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            ).returncode
         if code != 0:
             raise GradingError(f"nbgrader {' '.join(args)} failed (exit {code}):\n{self.log_tail()}")
 

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder.course import ASSIGNMENT
+from autograder.grade.course import ASSIGNMENT
 
 # nbgrader's documented example pattern for zip_collect.
 DEFAULT_REGEXP = r".*_(?P<student_id>\w+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>\w+)"

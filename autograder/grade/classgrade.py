@@ -2,7 +2,7 @@
 
 ``python -m autograder grade SUBMISSIONS`` is the CLI on top of :func:`grade_class`.
 
-- Submissions are graded by :func:`autograder.worker.grade_submission`, in a pool of local
+- Submissions are graded by :func:`autograder.grade.pipeline.grade_submission`, in a pool of local
   threads (one sandboxed nbgrader per thread; the default is one per core) or, with
   ``scheduler``, as tasks on a Dask cluster.
 - One writer (this process) stores each result as it completes in nbgrader's gradebook, in
@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder.collect import Submission, collect
-from autograder.course import ASSIGNMENT, Course
-from autograder.grading import solution_notebooks
-from autograder.sandbox import Limits
+from autograder.grade.collect import Submission, collect
+from autograder.grade.course import ASSIGNMENT, Course
+from autograder.grade.grading import solution_notebooks
+from autograder.grade.sandbox import Limits
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS servelab_grading (
@@ -187,17 +187,14 @@ def grade_class(
     limits: Limits | None = None,
     regexp: str | None = None,
     progress: bool = True,
+    isolation: str | None = None,
 ) -> ClassRun:
     """Grade every submission under ``submissions`` into ``out``; see the module doc."""
-    from autograder.report import write_outputs
+    from autograder.grade.report import write_outputs
 
     started = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not scheduler:
-        from autograder.zygote import shared
-
-        shared()  # start importing nbgrader now, while submissions are collected
     sources = solution_notebooks()
     expected = expected_questions(sources)
     scratch = Path(tempfile.mkdtemp(prefix="servelab-collect-"))
@@ -208,15 +205,12 @@ def grade_class(
         done = set() if force else done_students(out)
         todo = [s for s in subs if s.student not in done]
         limits_dict = (limits or Limits()).to_dict()
-        from autograder.harness import DEFAULT_MODEL_DIR
-        from autograder.outside import trusted_tests
-        from server_stub.model import ensure_model
+        from autograder.grade.judge import trusted_tests
 
-        # The shared course model exists, owned by the grader, before any student code runs.
-        ensure_model(DEFAULT_MODEL_DIR)
         tests = {src.stem: trusted_tests(src) for src in sources}
         hide = sorted({str(out.resolve()), str(Path(submissions).resolve()), str(scratch)})
-        args = [(s.student, _payload(s), template, expected, limits_dict, tests, hide) for s in todo]
+        require = isolation_policy(isolation)
+        args = [(s.student, _payload(s), template, expected, limits_dict, tests, hide, require) for s in todo]
         workers = workers or os.cpu_count() or 1
         bar = _progress(len(subs), len(subs) - len(todo), progress)
         try:
@@ -233,6 +227,37 @@ def grade_class(
     return ClassRun(len(todo), len(subs) - len(todo), len(subs), time.monotonic() - started, out, n_questions)
 
 
+class IsolationError(RuntimeError):
+    """``--isolation require`` and this machine cannot give every protection; the message says which."""
+
+
+def isolation_policy(isolation: str | None) -> bool:
+    """Whether to require full isolation (the default as root), after checking what this machine offers.
+
+    Raises :class:`IsolationError` under ``require`` when a protection is missing; under ``warn``
+    prints a loud warning and goes on.
+    """
+    import sys
+
+    from autograder.grade.sandbox import Cgroup, Limits, bwrap_works, full, planned_isolation
+
+    require = (isolation or ("require" if os.geteuid() == 0 else "warn")) == "require"
+    cgroup = Cgroup(Limits())
+    try:
+        record = planned_isolation(cgroup.applied, bwrap_works(), 0 if os.geteuid() == 0 else None)
+    finally:
+        cgroup.close()
+    if full(record):
+        return require
+    missing = ", ".join(f"{k}: {v}" for k, v in record.items() if v == "none" or str(v).startswith(("rlimit", "not ")))
+    if require:
+        raise IsolationError(f"refusing to grade: --isolation require, and this machine cannot apply every protection ({missing}). "
+                             "Run as root with bubblewrap and cgroups, or pass --isolation warn.")
+    print(f"\n*** WARNING: grading with less than full isolation ({missing}). Student code is less contained "
+          "than docs/grading.md describes. ***\n", file=sys.stderr)
+    return False
+
+
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
@@ -241,7 +266,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def _run(args: list[tuple], workers: int, scheduler: str | None):
     """Yield each result as it completes, locally or on a Dask cluster."""
-    from autograder.worker import grade_submission
+    from autograder.grade.pipeline import grade_submission
 
     if not args:
         return

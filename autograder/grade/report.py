@@ -7,7 +7,7 @@
 - ``report/index.html`` with PNG plots: the score histogram, each question's pass rate and
   mean, the slowest submissions, every submission that errored or timed out, with why, and
   every submission suspected of tampering: where the verdict inside the student's kernel and
-  the one re-run outside it (:mod:`autograder.outside`, the recorded grade) disagree.
+  the one re-run outside it (:mod:`autograder.grade.judge`, the recorded grade) disagree.
 
 Everything a student wrote (ids, messages) is HTML-escaped.
 """
