@@ -11,7 +11,7 @@ Protocol, one connection per child: the client sends one JSON line ``{"args", "c
 "env"}``; the server answers ``{"pid"}`` once forked and ``{"exit"}`` when the child ends. A
 client that disconnects early gets its child's process group killed.
 
-A server may be *pinned* to a submission's replay (:func:`pinned`): it runs the replay once
+A server may be *pinned* to a submission's replay (:func:`pinned`, given the judge's loader): it runs the replay once
 before it listens, so every check's child starts from the submission's state. A replay that
 leaves threads running is not forked from (a lock held at fork time would hang the child);
 spawning then falls back to an unpinned server, whose children replay for themselves.
@@ -128,6 +128,7 @@ def _become(req: dict) -> None:
         if args[:1] != ["-m"] or len(args) < 2:
             raise SystemExit(f"the fork server runs modules only, not {args!r}")
         sys.argv = [args[1], *args[2:]]
+        sys.path.insert(0, req["cwd"])  # as `python -m` would have it
         import runpy
 
         try:
@@ -208,7 +209,7 @@ def _send(conn: socket.socket, msg: dict) -> None:
 class Server:
     """A fork server forked from this process; :meth:`close` kills it and its children."""
 
-    def __init__(self, replay: str | None = None, timeout: float = 60.0):
+    def __init__(self, replay: str | None = None, timeout: float = 60.0, load=None):
         self.folder = tempfile.mkdtemp(prefix="servelab-fork-")
         if len(self.folder) > 80:  # AF_UNIX paths are limited to 107 bytes
             os.rmdir(self.folder)
@@ -222,11 +223,9 @@ class Server:
                 close_fds()
                 undumpable()
                 if replay is not None:
-                    from autograder.grade.judge import load_replay
-
                     # The replay's own given cells start checks too: they fork from here directly.
                     _state["direct"] = True
-                    load_replay(replay)
+                    load(replay)
                     _state.pop("direct")
                     if threading.active_count() > 1:
                         os._exit(EXIT_THREADS)
@@ -271,12 +270,12 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def pinned(replay: str, timeout: float):
-    """A server that has run ``replay`` for this block; yields ``("ready"|"threads"|"died"|"timeout", detail)``.
+def pinned(replay: str, timeout: float, load):
+    """A server that has run ``load(replay)`` for this block; yields ``("ready"|"threads"|"died"|"timeout", detail)``.
 
     When it is not ready, spawning in the block uses an unpinned server forked from here.
     """
-    server = Server(replay, timeout)
+    server = Server(replay, timeout, load)
     if server.ready:
         state = ("ready", None)
     elif server.poll() is None:

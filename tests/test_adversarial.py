@@ -7,6 +7,8 @@ grader's own files must be intact.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import sqlite3
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import psutil
 import pytest
 
 from autograder import REPO
-from autograder.sandbox import Limits, network_isolation_available
+from autograder.grade.sandbox import UID_BASE, Limits, bwrap_works
 
 from adversarial.corpus import CASES, SOL00, SOL05
 
@@ -32,12 +34,26 @@ def _tree_hash(*folders: Path) -> str:
     return h.hexdigest()
 
 
+def _temp_entries() -> set[str]:
+    """Everything directly in the shared temporary folders."""
+    return {str(p) for d in ("/tmp", "/var/tmp", "/dev/shm") if Path(d).is_dir() for p in Path(d).iterdir()}
+
+
+def _canary(path: Path):
+    try:
+        st = path.lstat()
+        return (path.read_bytes(), st.st_mode, st.st_uid)
+    except OSError:
+        return None
+
+
 def _listening() -> set[tuple[str, int]]:
     return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN}
 
 
 def _cgroups() -> set[Path]:
-    return {p for controller in ("pids", "memory", "cpu") for p in Path("/sys/fs/cgroup", controller).glob("servelab-*")}
+    root = Path("/sys/fs/cgroup")
+    return {*root.glob("*/servelab-*"), *root.glob("*/servelab/servelab-*"), *root.glob("servelab/servelab-*")}
 
 
 def _sandbox_processes() -> list[str]:
@@ -48,14 +64,14 @@ def _sandbox_processes() -> list[str]:
             cmd = " ".join(p.info["cmdline"] or [])
         except (psutil.Error, AttributeError):
             continue
-        if uid >= 200000 or "servelab-grade-" in cmd or cmd.startswith("sleep 3600"):
+        if uid >= UID_BASE or "autograder.grade.inside" in cmd or "bwrap" in cmd or cmd.startswith("sleep 3600"):
             found.append(f"{p.pid} uid={uid} {cmd[:120]}")
     return found
 
 
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory):
-    from autograder.classgrade import grade_class, stored_results
+    from autograder.grade.classgrade import grade_class, stored_results
 
     base = tmp_path_factory.mktemp("adversarial")
     submitted = base / "class" / "submitted"
@@ -68,8 +84,12 @@ def hostile_run(tmp_path_factory):
         dest = submitted / case.name / "servelab" / case.notebook
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(case.build())
+    canary = Path("/run/servelab-canary")
+    if os.geteuid() == 0:
+        canary.write_text("canary\n")
+        os.chmod(canary, 0o600)
     before = {"code": _tree_hash(REPO / "autograder", REPO / "server_stub"), "listening": _listening(),
-              "shm": set(Path("/dev/shm").glob("servelab-grade-*")), "cgroups": _cgroups()}
+              "temp": _temp_entries(), "cgroups": _cgroups(), "canary": _canary(canary)}
     out = base / "out"
     grade_class(base / "class", out, limits=LIMITS, progress=False)
     results = {r["student"]: r for r in stored_results(out)}
@@ -116,12 +136,13 @@ def test_nothing_is_left_behind(hostile_run):
     _, _, before = hostile_run
     assert _sandbox_processes() == []
     assert _listening() <= before["listening"]
-    assert set(Path("/dev/shm").glob("servelab-grade-*")) <= before["shm"]
+    ours = {str(p) for p in Path(tempfile.gettempdir()).glob(f"servelab-grader-{os.getpid()}-*")}  # the course model
+    assert _temp_entries() - ours <= before["temp"]
     assert _cgroups() <= before["cgroups"]
 
 
 def test_the_gradebook_and_the_grader_are_intact(hostile_run):
-    from autograder.classgrade import gradebook_scores
+    from autograder.grade.classgrade import gradebook_scores
 
     results, out, before = hostile_run
     db = out / "gradebook.db"
@@ -133,12 +154,14 @@ def test_the_gradebook_and_the_grader_are_intact(hostile_run):
     for student, r in results.items():
         assert sum(v for (s, _, _), v in scores.items() if s == student) == pytest.approx(r["score"]), student
     assert _tree_hash(REPO / "autograder", REPO / "server_stub") == before["code"]
+    assert _canary(Path("/run/servelab-canary")) == before["canary"]
+    assert Path("/etc/passwd").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.skipif(not network_isolation_available(), reason="needs root on Linux (network and mount namespaces)")
+@pytest.mark.skipif(not bwrap_works(), reason="needs Linux with bubblewrap usable (root or user namespaces)")
 def test_secrets_and_the_network_were_really_out_of_reach(hostile_run):
     """The attacks that would lower their own score on success kept full marks, in the kernel and outside."""
     results, _, _ = hostile_run
-    for name in ("read_secrets", "write_grader", "network"):
+    for name in ("read_secrets", "write_grader", "network", "planted_in_00", "symlinks_everywhere", "squatted_paths"):
         nb = next(n for n in results[name]["notebooks"] if n["notebook"] == "00_orientation")
         assert nb["score"] == 7.0 and all(q["kernel_score"] == q["max_score"] for q in nb["questions"]), (name, nb["questions"])

@@ -13,9 +13,9 @@ import zipfile
 import pytest
 
 from autograder import REPO
-from autograder.classgrade import grade_class, gradebook_scores
-from autograder.grading import NOTEBOOKS, SOLUTIONS
-from autograder.sandbox import Limits, network_isolation_available
+from autograder.grade.classgrade import grade_class, gradebook_scores
+from autograder.grade.grading import NOTEBOOKS, SOLUTIONS
+from autograder.grade.sandbox import Limits, bwrap_works
 from autograder.synth import make_class
 
 pytestmark = pytest.mark.slow
@@ -179,10 +179,11 @@ def test_dask_scheduler_on_a_local_loopback_cluster_gives_the_same_grades(graded
     assert scores(out) == scores(reference)
 
 
-@pytest.mark.skipif(not network_isolation_available(), reason="needs Linux, root, unshare and ip")
+@pytest.mark.skipif(not bwrap_works(), reason="needs Linux with bubblewrap usable (root or user namespaces)")
 def test_each_submission_runs_in_its_own_loopback_only_network(tmp_path):
-    from autograder.classgrade import expected_questions, template_gradebook
-    from autograder.worker import grade_submission
+    from autograder.grade.classgrade import expected_questions, template_gradebook
+    from autograder.grade.judge import trusted_tests
+    from autograder.grade.pipeline import grade_submission
 
     probe = json.loads((SOLUTIONS / "05_flask_api.ipynb").read_text())
     # Answer cell: bind a fixed port (collides across submissions without namespaces) and
@@ -199,11 +200,12 @@ def test_each_submission_runs_in_its_own_loopback_only_network(tmp_path):
     sources = [SOLUTIONS / "05_flask_api.ipynb"]
     expected = expected_questions(sources)
     template = template_gradebook(sources)
+    tests = {"05_flask_api": trusted_tests(sources[0])}
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda s: grade_submission(s, {"05_flask_api": data}, template, expected, Limits().to_dict()), ["p1", "p2"]))
+        results = list(pool.map(lambda s: grade_submission(s, {"05_flask_api": data}, template, expected, Limits().to_dict(), tests), ["p1", "p2"]))
     for r in results:
         nb = r["notebooks"][0]
-        assert nb["isolation"].startswith("netns"), nb["isolation"]
+        assert nb["isolation"]["net"] == "net namespace", nb["isolation"]
         assert r["score"] == r["max_score"] == 10, [(q["id"], q["message"]) for q in nb["questions"]]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from autograder.extract import ExtractError, extract_source
-from autograder.grading import SOLUTIONS
+from autograder.grade.grading import SOLUTIONS
 
 
 def notebook(tmp_path, cells):

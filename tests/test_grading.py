@@ -1,9 +1,9 @@
 """Real grading of the workbook: solutions, blanks and deliberately wrong answers.
 
 One class holds every solution, every blank student notebook and every wrong answer; it is
-graded once with ``python -m autograder grade`` (:func:`autograder.classgrade.grade_class`):
+graded once with ``python -m autograder grade`` (:func:`autograder.grade.classgrade.grade_class`):
 real ``nbgrader autograde`` in the sandbox, then every question again outside the kernel
-(:mod:`autograder.outside`), whose verdict is the recorded grade.
+(:mod:`autograder.grade.judge`), whose verdict is the recorded grade.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from autograder.grading import NOTEBOOKS, SOLUTIONS, solution_notebooks
+from autograder.grade.grading import NOTEBOOKS, SOLUTIONS, solution_notebooks
 from autograder.release import drift, generate_into
 from autograder.synth import WRONG, apply
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def graded(tmp_path_factory):
     """``({(student, notebook stem): notebook result dict}, out folder)``."""
-    from autograder.classgrade import grade_class, stored_results
+    from autograder.grade.classgrade import grade_class, stored_results
 
     base = tmp_path_factory.mktemp("grading")
     submitted = base / "class" / "submitted"

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autograder.grade.collect import Submission, collect
-from autograder.grade.course import ASSIGNMENT, Course
-from autograder.grade.grading import solution_notebooks
+from autograder.grade.course import ASSIGNMENT, Course, solution_notebooks
 from autograder.grade.sandbox import Limits
 
 TABLE = """

@@ -20,10 +20,15 @@ from pathlib import Path
 from autograder import REPO
 
 ASSIGNMENT = "servelab"
+SOLUTIONS = REPO / "solutions"
 CONFIG = REPO / "nbgrader_config.py"
 # Exceptions that mean "the check ran and the answer is wrong", as opposed to a crash.
 FAILED = {"CheckFailed", "AssertionError", "ServerStartError", "Timeout"}
 TIMEOUT = {"CellTimeoutError", "KeyboardInterrupt", "DeadKernelError"}
+
+
+def solution_notebooks() -> list[Path]:
+    return sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
 
 
 class GradingError(RuntimeError):

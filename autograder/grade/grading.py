@@ -8,18 +8,12 @@ import json
 from pathlib import Path
 
 from autograder import REPO
-from autograder.grade.course import NotebookResult, Question
-
-SOLUTIONS = REPO / "solutions"
+from autograder.grade.course import SOLUTIONS, NotebookResult, Question, solution_notebooks  # noqa: F401
 NOTEBOOKS = REPO / "notebooks"
 
 
 class NotGradable(ValueError):
     """The input is not a notebook this workbook can grade; the message says why."""
-
-
-def solution_notebooks() -> list[Path]:
-    return sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
 
 
 def grade_ids(nb: dict) -> set[str]:

@@ -442,5 +442,5 @@ def _replayed_once(spec: Path, budget: float):
     if sys.platform != "linux":
         yield "unpinned", None
         return
-    with procs.pinned(str(spec), budget) as state:
+    with procs.pinned(str(spec), budget, load_replay) as state:
         yield state

@@ -11,7 +11,7 @@ rotation; see :func:`autograder.synth.make_class`):
 3. **grade**: ``python -m autograder grade`` with ``--workers`` (default: cores). This does more
    than stock: every question is graded a second time outside the kernel (the recorded grade),
    in the sandbox. Its checks fork their child processes from a preloaded server
-   (:mod:`autograder.forkserver`); stock and bare start plain processes, as students' kernels do.
+   (:mod:`autograder.procs`, in the sandbox of :mod:`autograder.grade.sandbox`); stock and bare start plain processes, as students' kernels do.
 
 It prints the three wall times, stock / grade, grade / (bare / workers), and whether every
 question's score in the two gradebooks is identical. Targets on a 2-core machine: stock/grade
@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from autograder.classgrade import grade_class, gradebook_scores  # noqa: E402
-from autograder.course import ASSIGNMENT, Course, nbgrader_env  # noqa: E402
-from autograder.grading import NOTEBOOKS, SOLUTIONS  # noqa: E402
+from autograder.grade.classgrade import grade_class, gradebook_scores  # noqa: E402
+from autograder.grade.course import ASSIGNMENT, Course, nbgrader_env  # noqa: E402
+from autograder.grade.grading import NOTEBOOKS, SOLUTIONS  # noqa: E402
 from autograder.synth import make_class  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def main() -> int:
     print(f"bare execution (serial nbclient):  {bare_s:.1f} s; / {args.workers} workers = {bare_s / args.workers:.1f} s", flush=True)
 
     # grade() sees only the notebooks named here as the assignment.
-    import autograder.classgrade as cg
+    import autograder.grade.classgrade as cg
 
     cg.solution_notebooks = lambda: sources
     started = time.monotonic()

@@ -25,6 +25,8 @@ from autograder import REPO
 
 SOL00 = REPO / "solutions" / "00_orientation.ipynb"
 BLANK00 = REPO / "notebooks" / "00_orientation.ipynb"
+SOL04 = REPO / "solutions" / "04_model_handler.ipynb"
+BLANK04 = REPO / "notebooks" / "04_model_handler.ipynb"
 SOL05 = REPO / "solutions" / "05_flask_api.ipynb"
 BLANK05 = REPO / "notebooks" / "05_flask_api.ipynb"
 OK = {"ok"}
@@ -241,6 +243,94 @@ def _squat():
 _squat()
 """
 
+# A pickle that, if the judge ever loaded it, would pass every question. Planted wherever a
+# model, a module or a start-up file could be looked for: the default model folder, the
+# working folder, HOME's user site, /tmp and /dev/shm.
+PLANT = """
+import os as _os, pickle as _pk, sys as _sys
+class _Forge:
+    def __reduce__(self):
+        return (exec, ("import autograder.grade.judge as _j\\n_j.run_test = lambda *a, **k: {'status': 'passed', 'message': '', 'seconds': 0}",))
+_code = "import autograder.grade.judge as _j\\n_j.run_test = lambda *a, **k: {'status': 'passed', 'message': '', 'seconds': 0}\\n"
+for _d in ["/tmp/servelab-model", "/opt/servelab-model", _os.getcwd(), _os.path.expanduser("~"), "/tmp", "/dev/shm",
+           _os.path.expanduser("~/.local/lib/python%d.%d/site-packages" % _sys.version_info[:2])]:
+    try:
+        _os.makedirs(_d, exist_ok=True)
+        with open(_os.path.join(_d, "model.joblib"), "wb") as _f:
+            _pk.dump(_Forge(), _f)
+        with open(_os.path.join(_d, "meta.json"), "w") as _f:
+            _f.write('{"features": ["a"], "classes": ["x", "y", "z"]}')
+        for _name in ("sitecustomize.py", "usercustomize.py", "numpy.py", "requests.py", "flask.py"):
+            with open(_os.path.join(_d, _name), "w") as _f:
+                _f.write(_code)
+    except OSError:
+        pass
+"""
+
+# Symlinks, named like what a trusted process writes or reads, in every folder student code can write,
+# pointing at the grader's code and at a canary: a trusted process that followed one would change it.
+SYMLINKS = f"""
+import os as _os
+_targets = [{str(REPO / 'autograder' / 'checks' / 'orientation.py')!r}, "/run/servelab-canary", "/etc/passwd"]
+_names = ["gradebook.db", "nbgrader.log", "00_orientation.ipynb", "index.html", "questions.csv", ".home", "tmp",
+          "socket", "result.json", "payload.pkl", "log.txt", "replay.json", "kernel.json", "model.joblib"]
+for _root in [_os.getcwd(), _os.path.expanduser("~"), "/tmp", "/dev/shm"]:
+    for _folder, _dirs, _files in _os.walk(_root):
+        for _i, _name in enumerate(_names):
+            try:
+                _os.symlink(_targets[_i % len(_targets)], _os.path.join(_folder, "x-" + _name))
+                if not _os.path.lexists(_os.path.join(_folder, _name)):
+                    _os.symlink(_targets[_i % len(_targets)], _os.path.join(_folder, _name))
+            except OSError:
+                pass
+"""
+
+# Guessable names taken before the grader could: folders and files where earlier designs put shared state.
+SQUAT_PATHS = """
+import os as _os
+for _p in ["/tmp/servelab-model", "/tmp/servelab-fork-0", *(f"/dev/shm/servelab-stash-{_i}" for _i in range(1, 400)),
+           *(f"/dev/shm/servelab-grade-{_i}" for _i in range(10)), "/tmp/servelab-iso-0", "/run/servelab-uids"]:
+    try:
+        _os.makedirs(_p, exist_ok=True)
+        _os.chmod(_p, 0o777)
+    except OSError:
+        pass
+"""
+
+# Unpaired surrogates in what the checks report back and in the cell source itself.
+SURROGATES = "_odd = '\\ud800 and \\udfff'\nprint(_odd)\n"
+
+
+def _surrogate_answer(nb):
+    cell = answers(nb)[0]
+    cell["source"] = ("def pinned_version(requirements_text, package):\n    raise ValueError('\\ud800 broken \\udfff')\n\n"
+                      "# a comment with a lone surrogate: \ud800\n")
+
+
+def _deep(nb_bytes: bytes, depth: int) -> bytes:
+    nb = json.loads(nb_bytes)
+    text = json.dumps(nb)
+    return (text[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}").encode()
+
+
+# Detached processes started in the judge's replay that keep trying to interfere: they must be gone before the kernel runs.
+LINGER = """
+import os as _os, time as _time
+if _os.fork() == 0:
+    _os.setsid()
+    if _os.fork() == 0:
+        _end = _time.time() + 120
+        while _time.time() < _end:
+            for _pid in _os.listdir("/proc"):
+                if _pid.isdigit() and int(_pid) > 2 and int(_pid) != _os.getpid():
+                    try:
+                        _os.kill(int(_pid), 19)  # SIGSTOP
+                    except OSError:
+                        pass
+            _time.sleep(0.2)
+    _os._exit(0)
+"""
+
 CASES: list[Case] = [
     Case("infinite_loop", "an endless loop in an answer cell", "00_orientation.ipynb",
          inject(SOL00, "while True:\n    pass"), None, None, ANY),
@@ -293,4 +383,19 @@ CASES: list[Case] = [
          mutate(SOL00, _other_assignment), 0.0, None, ANY),
     Case("forged_eq", "answers with an object equal to everything", "00_orientation.ipynb",
          mutate(SOL00, lambda nb: answers(nb)[0].__setitem__("source", "class _Any:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n\n\ndef pinned_version(requirements_text, package):\n    return _Any()\n")), 4.0),
+    Case("planted_model_and_modules", "plants a forging pickle, meta.json and start-up modules wherever the judge might load from",
+         "04_model_handler.ipynb", inject(BLANK04, PLANT), 0.0, None, ANY),
+    Case("planted_in_00", "the same plants in the fastest notebook, answered", "00_orientation.ipynb", inject(SOL00, PLANT), 7.0),
+    Case("symlinks_everywhere", "symlinks to the grader's code and a canary in every writable folder", "00_orientation.ipynb",
+         inject(SOL00, SYMLINKS), 7.0),
+    Case("squatted_paths", "takes guessable shared paths first", "00_orientation.ipynb", inject(SOL00, SQUAT_PATHS), 7.0),
+    Case("deep_nesting", "a notebook of 100,000 nested lists", "00_orientation.ipynb",
+         lambda: _deep(SOL00.read_bytes(), 100_000), 0.0, None, {"invalid"}),
+    Case("deep_output", "an answer whose value is nested 100,000 deep", "00_orientation.ipynb",
+         inject(SOL00, "_deep = []\nfor _ in range(100000):\n    _deep = [_deep]\nREQUIREMENTS_DEEP = _deep"), 7.0),
+    Case("surrogates_in_messages", "a check message and a cell source with unpaired surrogates", "00_orientation.ipynb",
+         mutate(SOL00, _surrogate_answer), 4.0, None, ANY),
+    Case("surrogate_prints", "prints unpaired surrogates", "00_orientation.ipynb", inject(SOL00, SURROGATES), 7.0),
+    Case("lingering_stopper", "a detached process from the replay that stops every process it sees", "00_orientation.ipynb",
+         inject(SOL00, LINGER), None, None, ANY),
 ]

@@ -1,4 +1,4 @@
-"""autograder.outside: the replay runs once per notebook, in a fork server the checks' children come from.
+"""autograder.grade.judge: the replay runs once per notebook, in a fork server the checks' children come from.
 
 Small synthetic notebooks (no nbgrader, no sandbox): what the outside grader does with a
 submission's answer cells, how often it runs them, and what it reports when they misbehave.
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autograder import forkserver
-from autograder.outside import verify
+from autograder import procs
+from autograder.grade.judge import verify
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the pinned fork server is Linux-only")
 
@@ -50,7 +50,7 @@ def test_the_replay_runs_once_and_every_check_starts_from_it(tmp_path):
     assert [result["questions"][f"t{i}"]["status"] for i in range(3)] == ["passed", "passed", "failed"]
     # Three checks and the probe each ran the student's square in a child; the notebook was replayed once.
     assert _replays(work) == 1
-    assert not forkserver._server.get("pinned"), "the pinned server outlived its notebook"
+    assert not procs._state.get("server"), "the pinned server outlived its notebook"
 
 
 def test_a_replay_that_leaves_threads_is_replayed_in_each_child_instead(tmp_path):
@@ -75,14 +75,9 @@ def test_a_missing_answer_is_unanswered_not_an_error(tmp_path):
     assert any("NotImplementedError" in e for e in result["errors"])
 
 
-def test_a_preforked_host_runs_the_replay_with_none_of_the_graders_files(tmp_path):
-    """``prefork`` (as the sandboxed grader does before reading the tests) leaves the host no inherited file."""
-    secret = open(tmp_path / "secret.txt", "w")  # stands for the zygote's request pipe and the grader's logs
-    try:
-        forkserver.prefork(None)
-        assert forkserver._hosts
-    finally:
-        secret.close()
+def test_a_forked_server_runs_the_replay_with_none_of_the_judges_files(tmp_path):
+    """The pinned server is forked from the judge, which holds its verdict pipe: the replay sees no inherited file."""
+    secret = open(tmp_path / "secret.txt", "w")  # stands for the judge's verdict pipe
     answer = ("import os\n"
               "STDIN_IS_NULL = os.path.samestat(os.fstat(0), os.stat(os.devnull))\n"
               "def _link(fd):\n"
@@ -92,8 +87,10 @@ def test_a_preforked_host_runs_the_replay_with_none_of_the_graders_files(tmp_pat
               "        return ''\n"
               "OPEN = sorted(_link(fd) for fd in os.listdir('/proc/self/fd'))\n")
     tests = ["assert STDIN_IS_NULL", "assert not any(p.endswith('secret.txt') for p in OPEN), OPEN"]
-    result = verify(_notebook(tmp_path, answer), _trusted(tests), tmp_path / "w")
-    assert not forkserver._hosts, "the host was not used"
+    try:
+        result = verify(_notebook(tmp_path, answer), _trusted(tests), tmp_path / "w")
+    finally:
+        secret.close()
     assert {q: v["status"] for q, v in result["questions"].items()} == {"t0": "passed", "t1": "passed"}, result
 
 

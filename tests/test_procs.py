@@ -1,4 +1,4 @@
-"""autograder.forkserver: children forked from a preloaded server behave like ``python -m`` children."""
+"""autograder.procs: children forked from a preloaded server behave like ``python -m`` children."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from autograder import forkserver
+from autograder import procs
 from autograder.errors import CheckFailed, Timeout
 from autograder.isolate import run_isolated, spawn, stop_process
 
@@ -16,24 +16,25 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fork server
 
 
 @pytest.fixture
-def with_server(monkeypatch):
-    monkeypatch.setenv(forkserver.ENV, "1")
-    yield
-    proc = forkserver._server.get("proc")
-    if proc is not None:
-        proc.kill()
-        proc.wait()
-    forkserver._server.clear()
+def with_server():
+    server = procs.Server()
+    assert server.ready
+    procs._state["server"] = server
+    yield server
+    procs._state.pop("server", None)
+    server.close()
 
 
 def _square(x):
-    return {"square": x * x, "cwd": os.getcwd(), "forked": forkserver.ENV not in os.environ}
+    import sys
+
+    return {"square": x * x, "cwd": os.getcwd(), "forked": "autograder.procs" in sys.modules and "pytest" in sys.modules}
 
 
 def test_run_isolated_goes_through_the_server_and_returns_the_same_data(with_server):
     got = run_isolated(_square, 7)
     assert got["square"] == 49 and got["forked"] is True
-    assert forkserver._server["proc"].poll() is None
+    assert with_server.poll() is None
     assert run_isolated(_square, 3)["square"] == 9  # the same server, again
 
 
@@ -45,7 +46,7 @@ def test_a_child_gets_its_own_session_cwd_log_and_exit_code(with_server, tmp_pat
         sys.exit(int(sys.argv[1]))
     """))
     proc = spawn(["-m", "probe_mod", "5"], tmp_path, tmp_path / "log.txt")
-    assert isinstance(proc, forkserver.ForkedProcess)
+    assert isinstance(proc, procs.Child)
     assert proc.wait(30) == 5
     log = (tmp_path / "log.txt").read_text()
     assert f"argv ['5'] cwd {tmp_path} sid True" in log and "to stderr" in log
@@ -74,23 +75,21 @@ def test_stop_process_kills_a_forked_child(with_server, tmp_path):
         os.kill(proc.pid, 0)
 
 
-def test_without_a_server_spawning_falls_back_to_a_plain_process(with_server, monkeypatch, tmp_path):
-    monkeypatch.setitem(forkserver._server, "failed", True)
-    monkeypatch.setitem(forkserver._server, "proc", None)
+def test_without_a_server_spawning_falls_back_to_a_plain_process(monkeypatch, tmp_path):
+    monkeypatch.delenv(procs.SOCKET_ENV, raising=False)
     (tmp_path / "plain.py").write_text("print('plain')\n")
     proc = spawn(["-m", "plain"], tmp_path, tmp_path / "log.txt")
     assert isinstance(proc, subprocess.Popen)
     assert proc.wait(30) == 0
 
 
-def test_the_server_ends_with_the_process_that_started_it(tmp_path):
+def test_the_server_ends_with_the_process_that_forked_it(tmp_path):
     code = textwrap.dedent("""
-        import os, sys
-        os.environ["SERVELAB_FORKSERVER"] = "1"
-        from autograder import forkserver
-        from autograder.isolate import run_isolated
-        run_isolated(abs, -1)
-        print(forkserver._server["proc"].pid)
+        from autograder import procs
+        server = procs.Server()
+        print(server.pid, flush=True)
+        import os
+        os._exit(0)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     pid = int(out.stdout.split()[-1])
