@@ -110,7 +110,8 @@ def _kernel_result(name: str, kernel, expected: dict[str, float], why: str) -> d
     autograded = kernel.get("autograded")
     return {"notebook": name, "status": "ok", "reason": "", "score": sum(q["score"] for q in questions),
             "max_score": float(sum(expected.values())), "questions": questions,
-            "autograded": _capped(autograded) if isinstance(autograded, str) else None}
+            "autograded": _capped(autograded).encode("utf-8", "backslashreplace").decode("utf-8")
+            if isinstance(autograded, str) else None}
 
 
 def _number(value, top: float) -> float:

@@ -1,0 +1,104 @@
+"""autograder.grade.sandbox and the pipeline's parsing: cgroups v1/v2, leftovers, uids, frames, hostile bytes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autograder.grade import sandbox
+from autograder.grade.pipeline import _kernel_result, _verdict, clean, merge_outside
+from autograder.grade.sandbox import Cgroup, Limits, full, planned_isolation, read_frames, remove_stale
+
+
+def _fake_v2(tmp_path):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_cgroup_v2_is_used_where_v1_is_not_mounted(tmp_path):
+    root = _fake_v2(tmp_path)
+    group = Cgroup(Limits(memory_bytes=123456789, processes=77), root=root)
+    assert group.applied == {"pids": "cgroup v2", "memory": "cgroup v2", "cpu": "cgroup v2"}
+    (leaf,) = group.dirs
+    assert leaf.parent == root / "servelab" and leaf.name.startswith(f"servelab-{os.getpid()}-")
+    assert (leaf / "memory.max").read_text() == "123456789"
+    assert (leaf / "pids.max").read_text() == "77"
+    assert (leaf / "cpu.max").read_text() == "100000 100000"
+    assert "+memory" in (root / "servelab" / "cgroup.subtree_control").read_text()
+
+
+def test_cgroup_v1_controllers_are_used_where_mounted(tmp_path):
+    root = tmp_path / "cgroup"
+    for controller in ("pids", "memory", "cpu"):
+        (root / controller).mkdir(parents=True)
+    group = Cgroup(Limits(processes=9), root=root)
+    assert group.applied == {"pids": "cgroup v1", "memory": "cgroup v1", "cpu": "cgroup v1"}
+    assert (root / "pids" / group.name / "pids.max").read_text() == "9"
+
+
+def test_a_killed_graders_cgroups_are_removed_by_the_next_run(tmp_path):
+    root = _fake_v2(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / "servelab" / f"servelab-{dead.pid}-0123456789"
+    live = root / "servelab" / f"servelab-{os.getpid()}-0123456789"
+    stale.mkdir(parents=True)
+    live.mkdir()
+    remove_stale(root)
+    assert not stale.exists() and live.exists()
+
+
+def test_isolation_is_full_only_with_every_protection():
+    record = planned_isolation({"memory": "cgroup v1", "pids": "cgroup v1", "cpu": "cgroup v2"}, True, 1_800_000_001)
+    assert full(record)
+    assert not full({**record, "memory": "rlimit (address space)"})
+    assert not full({**record, "pid": "not applied (pid namespace was set up)"})
+    assert not full(planned_isolation({}, False, None))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid reservations are made as root")
+def test_reserved_uids_are_distinct_and_locked():
+    a, b = sandbox.Uid(), sandbox.Uid()
+    try:
+        assert a.uid != b.uid and a.uid >= sandbox.UID_BASE
+        assert (sandbox.UID_LOCKS.stat().st_mode & 0o777) == 0o700
+    finally:
+        a.close()
+        b.close()
+
+
+def test_frames_are_read_defensively():
+    good = b"isolation 2\n{}verdict 4\nnull"
+    assert read_frames(good) == {"isolation": b"{}", "verdict": b"null"}
+    assert read_frames(b"verdict 999999\n{}") == {}  # a length past the end
+    assert read_frames(b"no frame here") == {}
+    assert read_frames(b"v\xff 2\n{}") == {}
+    assert read_frames(b"kernel 2\n{}kernel 2\n[]") == {"kernel": b"{}"}  # the first of a kind counts
+
+
+def test_hostile_payloads_become_reasons_not_crashes():
+    expected = {"q1": 3.0, "q2": 2.0}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert "error" in _verdict(sandbox._json(deep), list(expected), "why")
+    verdict = _verdict({"questions": {"q1": {"status": "passed", "message": "\ud800 x"},
+                                      "q2": {"status": "pwned", "message": 5}}}, list(expected), "why")
+    assert verdict["questions"]["q2"]["status"] == "error"
+    kernel = _kernel_result("nb", {"questions": [{"id": "q1", "score": 1e9, "status": "passed", "message": "\udfff"},
+                                                 {"id": "zz", "score": 5}], "autograded": "{\ud800"}, expected, "why")
+    assert [q["score"] for q in kernel["questions"]] == [3.0]  # clamped to the question's points; unknown ids dropped
+    merged = merge_outside(kernel, verdict, expected)
+    text = json.dumps(merged, ensure_ascii=False)
+    text.encode("utf-8")  # no unpaired surrogate survives
+    assert merged["score"] == 3.0
+
+
+def test_clean_escapes_surrogates_and_control_characters():
+    assert clean("a\ud800b\x00c") == "a\\ud800bc"
+    clean("x" * 10_000).encode("utf-8")
+    assert len(clean("x" * 10_000)) == 1000
