@@ -120,7 +120,7 @@ def store(out: Path, result: dict) -> None:
         if nb.get("autograded"):
             dest = out / "autograded" / student / ASSIGNMENT / f"{nb['notebook']}.ipynb"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(nb["autograded"])
+            dest.write_text(nb["autograded"], encoding="utf-8", errors="backslashreplace")
     with _gradebook(out) as gb, warnings.catch_warnings():
         # nbgrader's add_submission trips SQLAlchemy autoflush warnings that are harmless.
         warnings.simplefilter("ignore")

@@ -51,6 +51,11 @@ REPORT = _ENV.from_string("""<!doctype html>
 <table><tr><th>student</th><th>seconds</th><th>score</th></tr>
 {% for r in slowest %}<tr><td>{{ r.student }}</td><td>{{ "%.1f"|format(r.seconds) }}</td><td>{{ "%g"|format(r.score) }} / {{ "%g"|format(r.max_score) }}</td></tr>{% endfor %}
 </table>
+<h2>Isolation</h2>
+<p>Which protections applied to each graded notebook (docs/grading.md).</p>
+{% if isolation %}<table><tr><th>notebooks</th><th>protections</th></tr>
+{% for text, count in isolation %}<tr><td>{{ count }}</td><td>{{ text }}</td></tr>{% endfor %}
+</table>{% else %}<p>No notebook ran.</p>{% endif %}
 <h2>Suspected tampering</h2>
 <p>Questions where the result inside the student's kernel differs from the verdict re-run outside it. The outside verdict is the grade.</p>
 {% if tampering %}<table><tr><th>student</th><th>notebook</th><th>question</th><th>in the kernel</th><th>outside (recorded)</th><th>outside message</th></tr>
@@ -70,20 +75,27 @@ def write_outputs(out: Path, results: list[dict], expected: dict[str, dict[str, 
     for r in results:
         dest = out / "feedback" / r["student"] / "index.html"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(FEEDBACK.render(r=r))
+        dest.write_text(FEEDBACK.render(r=r), encoding="utf-8", errors="backslashreplace")
     write_class_report(out / "report", results, expected)
 
 
+def isolation_text(record: dict | None) -> str:
+    """``net=net namespace; pid=...`` for one notebook's isolation record (empty when it never ran)."""
+    return "; ".join(f"{k}={v}" for k, v in (record or {}).items())
+
+
 def write_question_csv(path: Path, results: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    # errors="backslashreplace": a message with an unpaired surrogate is written escaped, never raises.
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         w = csv.writer(f)
-        w.writerow(["student", "notebook", "question", "score", "max_score", "status", "message", "kernel_score", "suspected_tampering"])
+        w.writerow(["student", "notebook", "question", "score", "max_score", "status", "message", "kernel_score",
+                    "suspected_tampering", "isolation"])
         for r in results:
             for nb in r["notebooks"]:
                 flagged = set(nb.get("suspected_tampering", []))
                 for q in nb["questions"]:
                     w.writerow([r["student"], nb["notebook"], q["id"], q["score"], q["max_score"], q["status"], q["message"][:500],
-                                q.get("kernel_score", ""), int(q["id"] in flagged)])
+                                q.get("kernel_score", ""), int(q["id"] in flagged), isolation_text(nb.get("isolation"))])
 
 
 def export_grades(out: Path) -> None:
@@ -152,9 +164,15 @@ def write_class_report(dest: Path, results: list[dict], expected: dict[str, dict
         for r in results for nb in r["notebooks"] for q in nb["questions"] if q["id"] in nb.get("suspected_tampering", [])
     ]
     slowest = sorted(results, key=lambda r: r["seconds"], reverse=True)[:10]
-    html = REPORT.render(tampering=tampering,
+    isolation: dict[str, int] = {}
+    for r in results:
+        for nb in r["notebooks"]:
+            if nb.get("isolation"):
+                key = isolation_text(nb["isolation"])
+                isolation[key] = isolation.get(key, 0) + 1
+    html = REPORT.render(tampering=tampering, isolation=sorted(isolation.items(), key=lambda kv: -kv[1]),
         n=len(results), mean=sum(scores) / (len(scores) or 1), max_score=max_score,
         total_seconds=sum(r["seconds"] for r in results), questions=stats, slowest=slowest, problems=problems,
     )
-    (dest / "index.html").write_text(html)
+    (dest / "index.html").write_text(html, encoding="utf-8", errors="backslashreplace")
     return dest / "index.html"
