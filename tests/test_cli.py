@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,11 +23,16 @@ def test_check_json_on_a_blank_notebook_reports_every_question_at_zero():
     proc = check(REPO / "notebooks" / "05_flask_api.ipynb", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"notebook", "score", "max_score", "questions"}
+    assert set(doc) == {"notebook", "score", "max_score", "status", "reason", "isolation", "suspected_tampering", "questions"}
+    assert set(doc["isolation"]) == {"net", "pid", "mount", "uid", "memory", "pids", "cpu"}
+    if os.geteuid() == 0:  # the default is --isolation require: a graded notebook had every protection
+        from autograder.grade.sandbox import full
+
+        assert full(doc["isolation"]), doc["isolation"]
     assert doc["score"] == 0 and doc["max_score"] == 10
     assert [q["id"] for q in doc["questions"]] == ["q05_health", "q05_metadata", "q05_predict", "q05_errors"]
     for q in doc["questions"]:
-        assert set(q) == {"id", "score", "max_score", "status", "message"}
+        assert set(q) == {"id", "score", "max_score", "status", "message", "kernel_score"}
         assert q["status"] == "unanswered" and "create_app" in q["message"]
 
 
