@@ -251,7 +251,6 @@ class Server:
         return self.returncode
 
     def close(self) -> None:
-        _killpg(self.pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):

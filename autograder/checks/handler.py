@@ -105,16 +105,9 @@ def _course_model():
     return train()
 
 
-def _meta(model_dir) -> dict:
-    """What ``meta.json`` in ``model_dir`` must say: the course model's, with the classes this process wrote there."""
-    import joblib
-    import sklearn
-
-    from server_stub.model import FEATURES, MODEL_NAME, MODEL_VERSION
-
-    classes = _WRITTEN.get(str(_model_dir(model_dir)), _course_model()[1])
-    return {"name": MODEL_NAME, "version": MODEL_VERSION, "features": list(FEATURES), "classes": list(classes),
-            "sklearn_version": sklearn.__version__, "joblib_version": joblib.__version__}
+def _classes(model_dir) -> list[str]:
+    """The class names ``meta.json`` in ``model_dir`` must give: those this process wrote there, else the course model's."""
+    return list(_WRITTEN.get(str(_model_dir(model_dir)), _course_model()[1]))
 
 
 @lru_cache(maxsize=8)
@@ -132,7 +125,7 @@ def _reference(classes: tuple):
 
 def reference(model_dir=None):
     """The finished handler for ``model_dir``: what a correct answer gives, built in memory (never unpickled)."""
-    return _reference(tuple(_meta(model_dir)["classes"]))
+    return _reference(tuple(_classes(model_dir)))
 
 
 def _unexpected(step: str, observation: dict) -> CheckFailed:
@@ -158,7 +151,9 @@ def check_initialize(handler_class, model_dir=None) -> None:
     state = obs.get("value") or {}
     if not state.get("model_predicts"):
         raise CheckFailed("after initialize(context), handler.model should be the loaded model (with predict_proba); it is not.")
-    meta = _meta(model_dir)
+    from server_stub.model import FEATURES
+
+    meta = {"features": list(FEATURES), "classes": _classes(model_dir)}
     for key in ("features", "classes"):
         if state.get(key) != meta[key]:
             raise CheckFailed(

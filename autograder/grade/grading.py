@@ -76,11 +76,8 @@ def check_notebook(path: Path, isolation: str | None = None) -> NotebookResult:
                               hide=[str(Path(path).resolve().parent)] if Path(path).resolve().parent != NOTEBOOKS else [],
                               require_full=require)
     nb = result["notebooks"][0]
-    questions = [Question(q["id"], q["score"], q["max_score"], q["status"], q["message"]) for q in nb["questions"]]
-    for q, raw in zip(questions, nb["questions"]):
-        q.kernel_score = raw.get("kernel_score")
-    out = NotebookResult("student", str(path), nb["score"], nb["max_score"], questions)
-    out.status, out.reason = nb["status"], nb.get("reason", "")
-    out.isolation = nb.get("isolation", {})
-    out.suspected_tampering = nb.get("suspected_tampering", [])
-    return out
+    questions = [Question(q["id"], q["score"], q["max_score"], q["status"], q["message"], q.get("kernel_score"))
+                 for q in nb["questions"]]
+    return NotebookResult("student", str(path), nb["score"], nb["max_score"], questions, status=nb["status"],
+                          reason=nb.get("reason", ""), isolation=nb.get("isolation", {}),
+                          suspected_tampering=nb.get("suspected_tampering", []))

@@ -17,6 +17,7 @@ Frames: ``KIND LENGTH\\n`` and LENGTH bytes of JSON, for ``isolation``, ``verdic
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,11 +124,11 @@ def phase(fn, seconds: float, pidns: bool) -> dict:
                 data += chunk
     os.close(read_fd)
     if timed_out:
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
     if pidns:
         kill_others()
-    with _quiet():
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     if timed_out:
         return {"error": f"timeout after {seconds:.0f} s"}
@@ -135,14 +136,6 @@ def phase(fn, seconds: float, pidns: bool) -> dict:
 
     result = _json(read_frames(data).get("result"))
     return result if isinstance(result, dict) else {"error": "the process ended without a result"}
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], (OSError, ChildProcessError))
 
 
 def judge(job: dict) -> dict:
@@ -176,6 +169,7 @@ def kernel(job: dict) -> dict:
     log = os.open(root / "nbgrader.log", os.O_WRONLY | os.O_CREAT, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    os.close(log)
     sys.argv = ["nbgrader", "autograde", ASSIGNMENT, "--force", f"--student={student}", f"--notebook={name}"]
     from nbgrader.apps.nbgraderapp import main
 
@@ -186,10 +180,10 @@ def kernel(job: dict) -> dict:
     autograded = root / "autograded" / student / ASSIGNMENT / f"{name}.ipynb"
     tail = "\n".join((root / "nbgrader.log").read_text(errors="replace").splitlines()[-8:])
     if not autograded.exists():
-        return {"error": f"nbgrader could not grade this notebook: {tail[-600:]}"}
+        return {"error": "nbgrader could not grade this notebook (its log is in the class report)", "log": tail[-1500:]}
     results = course.results(student, [name])
     if not results:
-        return {"error": f"nbgrader recorded no grades: {tail[-600:]}"}
+        return {"error": "nbgrader recorded no grades (its log is in the class report)", "log": tail[-1500:]}
     r = results[0]
     return {"score": r.score, "max_score": r.max_score, "questions": [q.__dict__ for q in r.questions],
             "autograded": autograded.read_text(errors="replace")[: MAX_PHASE_OUTPUT // 2]}

@@ -51,8 +51,8 @@ def grade_submission(student: str, notebooks: dict[str, bytes], template_db: byt
         remaining = deadline - time.monotonic()
         if data is None:
             graded = _zero(name, expected[name], "missing", "the submission has no such notebook")
-        elif _unreadable(data):
-            graded = _zero(name, expected[name], "invalid", _unreadable(data))
+        elif problem := _unreadable(data):
+            graded = _zero(name, expected[name], "invalid", problem)
         elif remaining <= 1:
             graded = _zero(name, expected[name], "timeout", "the submission's time limit ran out before this notebook")
         else:
@@ -83,12 +83,15 @@ def grade_notebook(student: str, name: str, data: bytes, template_db: bytes, exp
     outcome = run(job, limits, wall_seconds=min(2 * seconds + 60, remaining), hide=hide)
     kernel = parse_json(outcome.frames.get("kernel"))
     verdict = parse_json(outcome.frames.get("verdict"))
-    why = ("the sandbox stopped at the time limit" if outcome.timed_out
-           else f"the sandbox ended early (exit code {outcome.returncode}): {clean(outcome.log_tail[-400:], 400)}")
+    # Logs stay out of what the student sees (reasons and messages): code in the sandbox can print anything
+    # there, hidden tests included. The instructor reads them in the class report.
+    why = "the sandbox stopped at the time limit" if outcome.timed_out else f"the sandbox ended early (exit code {outcome.returncode})"
     graded = _kernel_result(name, kernel, expected, why)
     outside = _verdict(verdict, [*expected], why)
     merged = merge_outside(graded, outside, expected)
     merged["isolation"] = outcome.isolation
+    kernel_log = kernel.get("log") if isinstance(kernel, dict) else None
+    merged["sandbox_log"] = clean("\n".join(filter(None, [outcome.log_tail[-1500:], kernel_log if isinstance(kernel_log, str) else ""])), 3000)
     if require_full and not full(outcome.isolation):
         merged = _zero(name, expected, "error", "not graded: the sandbox lacked a protection that --isolation require "
                                                 f"asks for ({outcome.isolation})")

@@ -62,8 +62,8 @@ REPORT = _ENV.from_string("""<!doctype html>
 {% for t in tampering %}<tr><td>{{ t.student }}</td><td>{{ t.notebook }}</td><td>{{ t.id }}</td><td>{{ "%g"|format(t.kernel_score) }} ({{ t.kernel_status }})</td><td>{{ "%g"|format(t.score) }} ({{ t.status }})</td><td>{{ t.message }}</td></tr>{% endfor %}
 </table>{% else %}<p>None.</p>{% endif %}
 <h2>Errored or timed out</h2>
-{% if problems %}<table><tr><th>student</th><th>notebook</th><th>status</th><th>reason</th></tr>
-{% for p in problems %}<tr><td>{{ p.student }}</td><td>{{ p.notebook }}</td><td>{{ p.status }}</td><td>{{ p.reason }}</td></tr>{% endfor %}
+{% if problems %}<table><tr><th>student</th><th>notebook</th><th>status</th><th>reason</th><th>sandbox log (last lines; instructors only)</th></tr>
+{% for p in problems %}<tr><td>{{ p.student }}</td><td>{{ p.notebook }}</td><td>{{ p.status }}</td><td>{{ p.reason }}</td><td><pre>{{ p.log }}</pre></td></tr>{% endfor %}
 </table>{% else %}<p>None.</p>{% endif %}
 </html>""")
 
@@ -156,7 +156,8 @@ def write_class_report(dest: Path, results: list[dict], expected: dict[str, dict
     plt.close(fig)
 
     problems = [
-        {"student": r["student"], "notebook": nb["notebook"], "status": nb["status"], "reason": nb.get("reason", "")}
+        {"student": r["student"], "notebook": nb["notebook"], "status": nb["status"], "reason": nb.get("reason", ""),
+         "log": nb.get("sandbox_log", "")[-800:]}
         for r in results for nb in r["notebooks"] if nb["status"] not in ("ok",)
     ]
     tampering = [
