@@ -162,6 +162,6 @@ def test_the_gradebook_and_the_grader_are_intact(hostile_run):
 def test_secrets_and_the_network_were_really_out_of_reach(hostile_run):
     """The attacks that would lower their own score on success kept full marks, in the kernel and outside."""
     results, _, _ = hostile_run
-    for name in ("read_secrets", "write_grader", "network", "planted_in_00", "symlinks_everywhere", "squatted_paths"):
+    for name in ("read_secrets", "write_grader", "network", "planted_in_00", "squatted_paths"):
         nb = next(n for n in results[name]["notebooks"] if n["notebook"] == "00_orientation")
         assert nb["score"] == 7.0 and all(q["kernel_score"] == q["max_score"] for q in nb["questions"]), (name, nb["questions"])

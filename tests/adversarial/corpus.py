@@ -386,8 +386,11 @@ CASES: list[Case] = [
     Case("planted_model_and_modules", "plants a forging pickle, meta.json and start-up modules wherever the judge might load from",
          "04_model_handler.ipynb", inject(BLANK04, PLANT), 0.0, None, ANY),
     Case("planted_in_00", "the same plants in the fastest notebook, answered", "00_orientation.ipynb", inject(SOL00, PLANT), 7.0),
+    # nbgrader runs inside the sandbox now: its set_permissions follows the planted links and fails, which breaks
+    # only the submission's own kernel run (evidence, not the grade). The judge's verdict stands at full marks,
+    # and test_the_gradebook_and_the_grader_are_intact checks that nothing outside the sandbox changed.
     Case("symlinks_everywhere", "symlinks to the grader's code and a canary in every writable folder", "00_orientation.ipynb",
-         inject(SOL00, SYMLINKS), 7.0),
+         inject(SOL00, SYMLINKS), 7.0, False, ANY),
     Case("squatted_paths", "takes guessable shared paths first", "00_orientation.ipynb", inject(SOL00, SQUAT_PATHS), 7.0),
     Case("deep_nesting", "a notebook of 100,000 nested lists", "00_orientation.ipynb",
          lambda: _deep(SOL00.read_bytes(), 100_000), 0.0, None, {"invalid"}),
