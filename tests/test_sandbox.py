@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,57 @@ def test_clean_escapes_surrogates_and_control_characters():
     assert clean("a\ud800b\x00c") == "a\\ud800bc"
     clean("x" * 10_000).encode("utf-8")
     assert len(clean("x" * 10_000)) == 1000
+
+
+# --- one real sandbox: what student code sees from the inside ------------------------------------
+
+PROBE = r'''
+import os as _os, socket as _s
+_marker = "servelab-probe-" + str(_os.getpid())
+for _d in ("/tmp", "/dev/shm", _os.path.expanduser("~")):
+    open(_os.path.join(_d, _marker), "w").close()
+_seen = {
+    "solutions": sorted(_os.listdir(%(solutions)r)),
+    "git": _os.path.isdir(%(git)r) and sorted(_os.listdir(%(git)r)),
+    "pid1": open("/proc/1/comm").read().strip(),
+    "others": sorted(int(_p) for _p in _os.listdir("/proc") if _p.isdigit()),
+    "uid": _os.getuid(),
+    "interfaces": sorted(_n for _, _n in _s.if_nameindex()),
+}
+if _seen["solutions"] or _seen["git"] or _seen["pid1"] != "bwrap" or _seen["uid"] == 0 or _seen["interfaces"] != ["lo"]:
+    raise SystemExit("the sandbox let me see: %%r" %% (_seen,))
+'''
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    """The notebook-00 solution with a probe in its first answer cell, graded once in a real sandbox."""
+    from autograder import REPO
+    from autograder.grade.classgrade import expected_questions, template_gradebook
+    from autograder.grade.judge import trusted_tests
+    from autograder.grade.pipeline import grade_submission
+
+    if not sandbox.bwrap_works():
+        pytest.skip("needs Linux with bubblewrap usable (root or user namespaces)")
+    source = REPO / "solutions" / "00_orientation.ipynb"
+    nb = json.loads(source.read_text())
+    cell = next(c for c in nb["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("solution"))
+    code = PROBE % {"solutions": str(REPO / "solutions"), "git": str(REPO / ".git")}
+    cell["source"] = code + "\n" + "".join(cell["source"])
+    before = {str(p) for d in ("/tmp", "/dev/shm") for p in Path(d).iterdir()}
+    result = grade_submission("probe", {source.stem: json.dumps(nb).encode()}, template_gradebook([source]),
+                              expected_questions([source]), Limits().to_dict(), {source.stem: trusted_tests(source)})
+    after = {str(p) for d in ("/tmp", "/dev/shm") for p in Path(d).iterdir()}
+    return result["notebooks"][0], after - before
+
+
+def test_student_code_sees_no_grader_folder_no_network_no_other_process_and_is_not_root(probed):
+    nb, _ = probed
+    # The probe raises (and its answer scores 0) if it sees anything it should not.
+    assert nb["score"] == nb["max_score"] == 7.0, [(q["id"], q["message"][:300]) for q in nb["questions"]]
+    assert full(nb["isolation"]) or os.geteuid() != 0, nb["isolation"]
+
+
+def test_student_files_in_tmp_and_dev_shm_vanish_with_the_sandbox(probed):
+    _, new = probed
+    assert not [p for p in new if "servelab-probe-" in p], new
