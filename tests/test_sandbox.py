@@ -157,3 +157,13 @@ def test_student_code_sees_no_grader_folder_no_network_no_other_process_and_is_n
 def test_student_files_in_tmp_and_dev_shm_vanish_with_the_sandbox(probed):
     _, new = probed
     assert not [p for p in new if "servelab-probe-" in p], new
+
+
+def test_a_repository_under_tmp_is_bound_on_top_of_the_private_tmp(monkeypatch):
+    """A clean clone in /tmp (as CI's checks make) must stay visible: the private /tmp is mounted before the binds."""
+    monkeypatch.setattr(sandbox, "REPO", Path("/tmp/clone"))
+    args = sandbox._mounts([], Path("/tmp/model"), Limits())
+    tmpfs = args.index("/tmp")
+    bind = next(i for i in range(len(args) - 2) if args[i:i + 3] == ["--ro-bind", "/tmp/clone", "/tmp/clone"])
+    assert args[tmpfs - 1] == "--tmpfs" and tmpfs < bind
+    assert ["--perms", "0755", "--dir", "/tmp"] not in [args[i:i + 4] for i in range(len(args) - 3)]

@@ -95,7 +95,8 @@ def test_the_artifacts_are_uploaded_even_when_a_step_fails():
 
 
 def test_the_uploaded_paths_are_what_the_make_targets_write():
-    from autograder import demo, report
+    from autograder import demo
+    from autograder.grade import report
 
     recipes = (REPO / "Makefile").read_text()
     # make demo -> python -m autograder demo: papermill into build/executed, grades (and report/) into build/grades

@@ -283,7 +283,11 @@ _lock = threading.Lock()
 
 
 def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
-    args = []
+    # The private mounts first: a repository or Python under /tmp (a clean clone there, say) is bound on top of them.
+    size = str(limits.tmpfs_bytes)
+    private = ("/tmp", "/dev/shm", HOME)
+    args = ["--proc", "/proc", "--dev", "/dev",
+            *(arg for path in private for arg in ("--perms", "1777", "--size", size, "--tmpfs", path))]
     for top in ("/usr", "/etc"):
         args += ["--ro-bind", top, top]
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
@@ -296,7 +300,7 @@ def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
         real = os.path.realpath(p)
         if not any(real == r or real.startswith(r + "/") for r in roots) and not real.startswith(("/usr/", "/etc/")):
             roots.append(real)
-    made = set()
+    made = set(private)
     for real in [*roots, MODEL_MOUNT]:  # the folders on the way are bwrap's own: let the sandbox user pass
         for parent in list(reversed(Path(real).parents))[1:]:
             if str(parent) not in made:
@@ -308,10 +312,7 @@ def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
         real = os.path.realpath(p)
         if os.path.isdir(real) and any(real == r or real.startswith(r + "/") for r in roots):
             args += ["--tmpfs", real, "--remount-ro", real]
-    size = str(limits.tmpfs_bytes)
-    args += ["--proc", "/proc", "--dev", "/dev",
-             *(arg for path in ("/tmp", "/dev/shm", HOME) for arg in ("--perms", "1777", "--size", size, "--tmpfs", path)), "--ro-bind", str(model_dir), MODEL_MOUNT, "--chdir", "/tmp"]
-    return args
+    return [*args, "--ro-bind", str(model_dir), MODEL_MOUNT, "--chdir", "/tmp"]
 
 
 def _environment(result_fd: int) -> list[str]:
