@@ -167,3 +167,15 @@ def test_a_repository_under_tmp_is_bound_on_top_of_the_private_tmp(monkeypatch):
     bind = next(i for i in range(len(args) - 2) if args[i:i + 3] == ["--ro-bind", "/tmp/clone", "/tmp/clone"])
     assert args[tmpfs - 1] == "--tmpfs" and tmpfs < bind
     assert ["--perms", "0755", "--dir", "/tmp"] not in [args[i:i + 4] for i in range(len(args) - 3)]
+
+
+def test_a_folder_inside_a_hidden_one_is_not_hidden_twice(tmp_path, monkeypatch):
+    """make demo grades a class in build/ into build/grades: both lie in the hidden build/ (a second tmpfs there fails)."""
+    repo = tmp_path / "repo"
+    for d in ("build/demo-class", "build/grades", "solutions"):
+        (repo / d).mkdir(parents=True)
+    monkeypatch.setattr(sandbox, "REPO", repo)
+    args = sandbox._mounts([str(repo / "build" / "demo-class"), str(repo / "build" / "grades")], tmp_path, Limits())
+    hidden = [args[i + 1] for i, a in enumerate(args) if a == "--remount-ro" and args[i - 2] == "--tmpfs"]
+    assert hidden == [args[i + 1] for i, a in enumerate(args) if a == "--remount-ro"]
+    assert sorted(hidden) == [str(repo / "build"), str(repo / "solutions")]

@@ -308,9 +308,12 @@ def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
                 args += ["--perms", "0755", "--dir", str(parent)]
     for real in roots:
         args += ["--ro-bind", real, real]
-    for p in (*(str(REPO / d) for d in HIDDEN_IN_REPO), *hide):
-        real = os.path.realpath(p)
-        if os.path.isdir(real) and any(real == r or real.startswith(r + "/") for r in roots):
+    hidden: list[str] = []
+    for real in sorted({os.path.realpath(p) for p in (*(str(REPO / d) for d in HIDDEN_IN_REPO), *hide)}):
+        # A folder inside one already hidden (the demo's class in build/) is gone with it.
+        if (os.path.isdir(real) and any(real == r or real.startswith(r + "/") for r in roots)
+                and not any(real.startswith(h + "/") for h in hidden)):
+            hidden.append(real)
             args += ["--tmpfs", real, "--remount-ro", real]
     return [*args, "--ro-bind", str(model_dir), MODEL_MOUNT, "--chdir", "/tmp"]
 
