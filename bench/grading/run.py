@@ -14,10 +14,13 @@ rotation; see :func:`autograder.synth.make_class`):
    (:mod:`autograder.procs`, in the sandbox of :mod:`autograder.grade.sandbox`); stock and bare start plain processes, as students' kernels do.
 
 It prints the three wall times, stock / grade, grade / (bare / workers), and whether every
-question's score in the two gradebooks is identical. Targets on a 2-core machine: stock/grade
+question's score in the two gradebooks is identical. With ``--baseline DIR`` (a checkout of an
+older commit, e.g. from ``git worktree add``), the same class is also graded by that checkout's
+``grade``, in a subprocess, so a redesign is measured before and after on the same run. Targets on a 2-core machine: stock/grade
 >= 1.8 with identical scores, and grade within 15% of bare / workers.
 
     python bench/grading/run.py --n 40 --notebooks 05_flask_api
+    python bench/grading/run.py --n 40 --notebooks 04_model_handler --baseline /tmp/old
 """
 from __future__ import annotations
 
@@ -79,12 +82,41 @@ def bare(class_dir: Path, sources: list[Path], work: Path) -> float:
     return total
 
 
+BASELINE = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+try:
+    import autograder.grade.classgrade as cg
+except ImportError:  # the layout before autograder/grade/
+    import autograder.classgrade as cg
+if not cg.__file__.startswith(sys.argv[1]):
+    raise SystemExit(f"baseline imported {cg.__file__}, not the checkout in {sys.argv[1]}")
+sources = [Path(sys.argv[1]) / "solutions" / n for n in sys.argv[4].split(",")]
+cg.solution_notebooks = lambda: sources
+started = time.monotonic()
+cg.grade_class(Path(sys.argv[2]), Path(sys.argv[3]), workers=int(sys.argv[5]), progress=False)
+print(json.dumps({"seconds": time.monotonic() - started}))
+"""
+
+
+def baseline(checkout: Path, class_dir: Path, out: Path, names: list[str], workers: int) -> float:
+    """Grade the class with an older checkout's ``grade_class``, in its own Python process."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    done = subprocess.run([sys.executable, "-c", BASELINE, str(checkout), str(class_dir), str(out), ",".join(names), str(workers)],
+                          cwd=checkout, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the baseline grade failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=40, help="submissions in the class")
     parser.add_argument("--notebooks", default="05_flask_api", help="comma-separated notebook names to submit")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--keep", default=None, help="keep the work folder here")
+    parser.add_argument("--baseline", type=Path, default=None, help="also grade with the checkout in this folder (before/after)")
     args = parser.parse_args()
 
     names = [f"{n}.ipynb" for n in args.notebooks.split(",")]
@@ -125,6 +157,13 @@ def main() -> int:
     print(f"speed-up stock/grade: {summary['speedup']:.2f}x (target >= 1.8)")
     print(f"grade / (bare / workers): {summary['vs_ideal']:.3f} (target <= 1.15)")
     print(f"identical scores: {identical} ({len(ours)} question scores compared)" + (f"; first differences: {diff[:5]}" if diff else ""))
+    if args.baseline:
+        base_s = baseline(args.baseline.resolve(), class_dir, work / "baseline", names, args.workers)
+        base_scores = gradebook_scores(work / "baseline" / "gradebook.db")
+        summary.update({"baseline": str(args.baseline), "baseline_grade_s": round(base_s, 1),
+                        "baseline_speedup": round(stock_s / base_s, 2), "baseline_identical_scores": base_scores == theirs})
+        print(f"baseline grade ({args.baseline}): {base_s:.1f} s; stock/baseline {stock_s / base_s:.2f}x; "
+              f"identical scores: {base_scores == theirs}")
     print(json.dumps(summary))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
