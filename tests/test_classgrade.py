@@ -209,3 +209,27 @@ def test_each_submission_runs_in_its_own_loopback_only_network(tmp_path):
         nb = r["notebooks"][0]
         assert nb["isolation"]["net"] == "net namespace", nb["isolation"]
         assert r["score"] == r["max_score"] == 10, [(q["id"], q["message"]) for q in nb["questions"]]
+
+
+def test_the_template_gradebook_is_cached_by_the_sources_and_nbgrader(tmp_path, monkeypatch):
+    from autograder.grade import classgrade
+
+    source = tmp_path / NB
+    source.write_bytes((SOLUTIONS / NB).read_bytes())
+    monkeypatch.setattr(classgrade, "CACHE", tmp_path / "cache")
+    first = classgrade.template_gradebook([source])
+    assert first.startswith(b"SQLite format 3")
+    assert [p.name.startswith("gradebook-") for p in (tmp_path / "cache").iterdir()] == [True]
+
+    class NoCourse:
+        @staticmethod
+        def temporary(sources):
+            raise AssertionError("the cache was missed")
+
+    monkeypatch.setattr(classgrade, "Course", NoCourse)
+    assert classgrade.template_gradebook([source]) == first  # served from the cache
+    nb = json.loads(source.read_text())
+    nb["cells"][0]["source"] = ["changed\n"]
+    source.write_text(json.dumps(nb))
+    with pytest.raises(AssertionError, match="the cache was missed"):  # a changed source is a new key
+        classgrade.template_gradebook([source])

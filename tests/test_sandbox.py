@@ -179,3 +179,12 @@ def test_a_folder_inside_a_hidden_one_is_not_hidden_twice(tmp_path, monkeypatch)
     hidden = [args[i + 1] for i, a in enumerate(args) if a == "--remount-ro" and args[i - 2] == "--tmpfs"]
     assert hidden == [args[i + 1] for i, a in enumerate(args) if a == "--remount-ro"]
     assert sorted(hidden) == [str(repo / "build"), str(repo / "solutions")]
+
+
+def test_the_sandbox_imports_the_checkout_it_was_started_from():
+    # A clean clone graded with a venv whose editable install points elsewhere: without this,
+    # every sandbox failed "No module named autograder" before grading anything.
+    env = sandbox._environment(3)
+    pairs = {env[i + 1]: env[i + 2] for i, arg in enumerate(env) if arg == "--setenv"}
+    assert pairs["PYTHONPATH"] == str(sandbox.REPO)
+    assert env[0] == "--clearenv"

@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -26,7 +28,10 @@ from pathlib import Path
 
 from autograder.grade.collect import Submission, collect
 from autograder.grade.course import ASSIGNMENT, Course, solution_notebooks
+from autograder import REPO
 from autograder.grade.sandbox import Limits
+
+CACHE = REPO / "build" / "cache"
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS servelab_grading (
@@ -65,10 +70,30 @@ def expected_questions(sources: list[Path]) -> dict[str, dict[str, float]]:
 
 
 def template_gradebook(sources: list[Path]) -> bytes:
-    """A gradebook that knows the assignment: what ``generate_assignment`` records."""
+    """A gradebook that knows the assignment: what ``generate_assignment`` records.
+
+    Kept in ``build/cache/`` under a hash of the sources and nbgrader's version, because a new
+    gradebook costs nbgrader an ``alembic heads`` subprocess (5 s here) on top of the
+    generation. ``build/`` is the grader's: the sandbox never sees it.
+    """
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(f"{ASSIGNMENT} nbgrader {version('nbgrader')}".encode())
+    for src in sorted(sources, key=lambda s: s.name):
+        digest.update(f"\0{src.name}\0".encode() + src.read_bytes())
+    cached = CACHE / f"gradebook-{digest.hexdigest()[:32]}.db"
+    if cached.is_file() and not cached.is_symlink():
+        return cached.read_bytes()
     with Course.temporary(sources) as course:
         course.generate()
-        return (course.root / "gradebook.db").read_bytes()
+        data = (course.root / "gradebook.db").read_bytes()
+    with contextlib.suppress(OSError):  # a read-only checkout grades without the cache
+        CACHE.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=CACHE, prefix=".gradebook-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, cached)
+    return data
 
 
 def ensure_assignment(out: Path, sources: list[Path], template: bytes) -> None:

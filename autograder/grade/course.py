@@ -101,7 +101,7 @@ class Course:
         """Run ``nbgrader <args>`` in the course (the grader's own work: no student code); raise :class:`GradingError` if it fails."""
         with open(self.root / "nbgrader.log", "ab") as out:
             code = subprocess.run(
-                [sys.executable, "-m", "nbgrader", *args],
+                [sys.executable, "-m", "autograder.grade.nbgrader_cli", *args],
                 cwd=self.root, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             ).returncode
         if code != 0:

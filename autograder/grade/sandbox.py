@@ -322,7 +322,7 @@ def _environment(result_fd: int) -> list[str]:
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": HOME, "TMPDIR": "/tmp",
         "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore",
-        "MPLBACKEND": "Agg", "SERVELAB_GRADER_MODEL": MODEL_MOUNT, "SERVELAB_RESULT_FD": str(result_fd),
+        "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO), "SERVELAB_GRADER_MODEL": MODEL_MOUNT, "SERVELAB_RESULT_FD": str(result_fd),
         "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1,localhost,::1",
         "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "JUPYTER_PLATFORM_DIRS": "1",
@@ -381,7 +381,8 @@ def run(job: bytes, limits: Limits, wall_seconds: float, hide: list[str] | None 
                 "--", *drop, *entry]
         env = {}
     else:
-        argv, env = entry, {**os.environ, "SERVELAB_RESULT_FD": str(write_fd), "SERVELAB_GRADER_MODEL": str(grader_model())}
+        argv, env = entry, {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                            "SERVELAB_RESULT_FD": str(write_fd), "SERVELAB_GRADER_MODEL": str(grader_model())}
     outcome = Outcome(isolation=planned_isolation(cgroup.applied if cgroup else {}, sandboxed, uid.uid if uid else None))
     chunks: list[bytes] = []
     log = tempfile.TemporaryFile()  # no name: nothing in the sandbox can reach it but through its descriptor

@@ -86,9 +86,10 @@ BASELINE = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-try:
+# The venv's editable install would serve a module the checkout lacks, so pick by the files.
+if (Path(sys.argv[1]) / "autograder" / "grade" / "classgrade.py").exists():
     import autograder.grade.classgrade as cg
-except ImportError:  # the layout before autograder/grade/
+else:  # the layout before autograder/grade/
     import autograder.classgrade as cg
 if not cg.__file__.startswith(sys.argv[1]):
     raise SystemExit(f"baseline imported {cg.__file__}, not the checkout in {sys.argv[1]}")
