@@ -62,3 +62,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_autograder_has_no_import_cycle():
     assert cycle(import_graph()) is None, " -> ".join(cycle(import_graph()))
+
+
+def test_every_package_is_installed_by_a_plain_pip_install():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for top in ("autograder", "server_stub")
+             for p in (REPO / top).rglob("__init__.py")}
+    assert found <= listed, f"pyproject.toml misses {sorted(found - listed)}"
