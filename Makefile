@@ -16,7 +16,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup browser demo test lab release check grade lock clean
+.PHONY: setup browser demo test test-fast lab release check grade lock clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ demo: setup
 ## Every test.
 test: setup browser
 	$(BIN)/python -m pytest
+
+## The everyday tier: every test not marked slow (no whole-notebook or whole-class runs).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" --timeout 300
 
 ## Debian's chromium, for the JupyterLab browser test. Installed with apt-get when we are root;
 ## where it cannot be installed the browser test skips and says why. No browser is downloaded.

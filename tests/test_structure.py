@@ -71,3 +71,21 @@ def test_every_package_is_installed_by_a_plain_pip_install():
     found = {".".join(p.parent.relative_to(REPO).parts) for top in ("autograder", "server_stub")
              for p in (REPO / top).rglob("__init__.py")}
     assert found <= listed, f"pyproject.toml misses {sorted(found - listed)}"
+
+
+def test_every_test_runs_under_a_timeout(pytestconfig):
+    import tomllib
+
+    assert pytestconfig.pluginmanager.hasplugin("timeout"), "pytest-timeout is not installed"
+    options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert 0 < float(options["timeout"]) <= 3600
+
+
+def test_every_exit_code_of_the_command_line_is_in_the_readme():
+    import re
+
+    code = (PACKAGE / "cli.py").read_text() + (PACKAGE / "demo.py").read_text()
+    returned = {int(n) for n in re.findall(r"return (\d+)\b", code)} | {int(n) for n in re.findall(r"return 0 if ok else (\d+)", code)}
+    readme = (REPO / "README.md").read_text()
+    listed = {int(n) for n in re.findall(r"^\| (\d+) \| ", readme.split("Exit codes of `python -m autograder`")[1], re.M)}
+    assert returned and returned <= listed, f"README's exit-code table misses {sorted(returned - listed)}"
