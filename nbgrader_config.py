@@ -14,6 +14,9 @@ c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
 # Kernel start-up on a loaded 2-core machine can be slow.
 c.Execute.startup_timeout = 120
+# nbgrader raises CellTimeoutError when a cell's last output takes over iopub_timeout (4 s by
+# default) to arrive after its reply: on a loaded machine that failed whole correct notebooks.
+c.Execute.iopub_timeout = 60
 
 # A student who deletes a graded cell gets it back (and is graded on it), instead of
 # breaking the run.

@@ -89,3 +89,10 @@ def test_every_exit_code_of_the_command_line_is_in_the_readme():
     readme = (REPO / "README.md").read_text()
     listed = {int(n) for n in re.findall(r"^\| (\d+) \| ", readme.split("Exit codes of `python -m autograder`")[1], re.M)}
     assert returned and returned <= listed, f"README's exit-code table misses {sorted(returned - listed)}"
+
+
+def test_nbgrader_waits_for_a_cells_output_as_long_as_for_the_cell():
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
+    assert config.Execute.iopub_timeout >= config.Execute.timeout, "a busy machine would fail cells nbgrader's 4 s default cuts off"

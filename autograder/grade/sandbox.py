@@ -333,6 +333,13 @@ def _environment(result_fd: int) -> list[str]:
     return args
 
 
+# Without a memory cgroup the fallback is RLIMIT_AS, which counts reserved address space (a
+# thread's stack, glibc's 64 MiB arena per thread, mapped libraries), not memory in use. With
+# the limit at memory_bytes (1.5 GiB), a correct notebook 05 lost a question in its kernel as a
+# non-root grader; the cgroup path as root graded it in full.
+AS_FACTOR = 4
+
+
 def _preexec(limits: Limits, cgroup: Cgroup | None):
     def apply():
         if cgroup is not None:
@@ -343,8 +350,8 @@ def _preexec(limits: Limits, cgroup: Cgroup | None):
         applied = cgroup.applied if cgroup is not None else {}
         if "pids" not in applied and _root():  # per user id: only our reserved one is bound by it
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        if "memory" not in applied:
-            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+        if "memory" not in applied:  # virtual size, not resident memory: see AS_FACTOR
+            resource.setrlimit(resource.RLIMIT_AS, (AS_FACTOR * limits.memory_bytes, AS_FACTOR * limits.memory_bytes))
 
     return apply
 
