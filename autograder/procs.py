@@ -5,7 +5,9 @@ Every check runs student code in a child process (``python -m autograder.isolate
 costs about a second of CPU, so inside the grading sandbox (:mod:`autograder.grade.inside`)
 those children are forks of a *fork server*: a process forked from one that has the
 libraries imported, which listens on a Unix socket in the sandbox's private ``/tmp`` and
-forks a child per request. Students in JupyterLab get plain processes.
+forks a child per request. In a student's Jupyter kernel the first check starts a
+:class:`Warm` server (a fresh process, since a kernel has threads), and every later check's
+children fork from it; elsewhere children are plain processes.
 
 Protocol, one connection per child: the client sends one JSON line ``{"args", "cwd", "log",
 "env"}``; the server answers ``{"pid"}`` once forked and ``{"exit"}`` when the child ends. A
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -105,18 +108,30 @@ def _killpg(pid: int, sig: int = signal.SIGKILL) -> None:
 # --- the server ------------------------------------------------------------------------------
 
 
-def _become(req: dict) -> None:
-    """In a forked child: become ``python -m <args>`` in its own session. Never returns."""
+def _become(req: dict, fds: list[int] = (), prepare=None) -> None:
+    """In a forked child: become ``python -m <args>`` in its own session. Never returns.
+
+    With passed ``fds`` (stdin, output, result pipe), they become descriptors 0, 1 and 2, and 3,
+    and ``prepare(req["sandbox"])`` runs before the module (the grading sandbox's entry).
+    """
     code = 1
     try:
         os.setsid()
-        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        if fds:
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
+            for target, fd in zip((0, 1, 2, 3), (moved[0], moved[1], moved[1], moved[2])):
+                os.dup2(fd, target)
+            close_fds(keep=(0, 1, 2, 3))
+        else:
+            log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        if prepare is not None:
+            prepare(req.get("sandbox") or {})
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         os.chdir(req["cwd"])
@@ -148,30 +163,53 @@ def _become(req: dict) -> None:
             os._exit(code)
 
 
-def _serve(listener: socket.socket, parent: int) -> None:
-    """Fork on request until ``parent`` is gone."""
+def _serve(listener: socket.socket, parent: int, prepare=None) -> None:
+    """Fork on request until ``parent`` is gone.
+
+    ``listener`` is a listening socket, or a connected one over which each connection arrives as a
+    passed descriptor, with the child's stdin, output and result pipe: the grading sandbox's
+    zygote, which also stops when its grader closes that socket.
+    """
+    passing = not listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     conns: dict[int, socket.socket] = {}  # fd -> connection waiting for its request
+    extra: dict[int, list[int]] = {}  # fd -> the descriptors passed with it
     children: dict[int, socket.socket] = {}  # pid -> its client's connection
     while os.getppid() == parent:
         ready, _, _ = select.select([listener, *conns.values(), *children.values()], [], [], 0.05)
         for sock in ready:
-            if sock is listener:
+            if sock is listener and passing:
+                try:
+                    msg, fds, _, _ = socket.recv_fds(listener, 1, 4)
+                except OSError:
+                    msg, fds = b"", []
+                if not msg:
+                    parent = -1  # the grader is gone
+                    break
+                if fds:
+                    conn = socket.socket(fileno=fds[0])
+                    conns[conn.fileno()], extra[conn.fileno()] = conn, fds[1:]
+            elif sock is listener:
                 conn, _ = listener.accept()
                 conns[conn.fileno()] = conn
             elif sock.fileno() in conns:
                 conn = conns.pop(sock.fileno())
+                fds = extra.pop(conn.fileno(), [])
                 try:
                     req = json.loads(_readline(conn))
                     assert isinstance(req, dict)
                 except (OSError, ValueError, RecursionError, AssertionError):
-                    conn.close()
-                    continue
-                pid = os.fork()
+                    req = None
+                pid = os.fork() if req is not None else -1
                 if pid == 0:
                     listener.close()
                     for other in [*conns.values(), *children.values(), conn]:
                         other.close()
-                    _become(req)
+                    _become(req, fds, prepare if fds else None)
+                for fd in fds:
+                    os.close(fd)
+                if pid < 0:
+                    conn.close()
+                    continue
                 children[pid] = conn
                 _send(conn, {"pid": pid})
             elif not sock.recv(1, socket.MSG_PEEK):  # a client with a running child speaks only by closing
@@ -235,6 +273,9 @@ class Server:
                 _serve(listener, parent)
                 code = 0
             finally:
+                with contextlib.suppress(OSError):  # its parent is gone without close()
+                    os.unlink(self.path)
+                    os.rmdir(self.folder)
                 os._exit(code)
         self.returncode: int | None = None
         deadline = time.monotonic() + timeout
@@ -258,6 +299,61 @@ class Server:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
             os.rmdir(self.folder)
+
+
+class Warm:
+    """A kernel's fork server: ``python -m autograder.procs SOCKET``, a fresh process that imports :data:`PRELOAD`.
+
+    A Jupyter kernel has threads (ZMQ's), so it is not forked from; this server is, from the
+    second check on (:func:`warm`). It ends with the kernel.
+    """
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="servelab-fork-", dir="/tmp")
+        self.path = os.path.join(self.folder, "socket")
+        here = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+        env.pop(SOCKET_ENV, None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "autograder.procs", self.path], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def close(self) -> None:
+        stop(self.proc, grace=1)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.folder)
+
+
+def warm() -> None:
+    """In a Jupyter kernel with no fork server yet: start a :class:`Warm` one; the checks' children fork from it once it listens."""
+    app = sys.modules.get("ipykernel.kernelapp")
+    if sys.platform != "linux" or app is None or not app.IPKernelApp.initialized() or os.environ.get(SOCKET_ENV):
+        return
+    with _lock:
+        if _state.get("server") is None:
+            _state["server"] = Warm()
+
+
+def _serve_socket(path: str) -> None:
+    """``python -m autograder.procs SOCKET``: preload, then fork on request at ``path`` until the parent is gone."""
+    parent = os.getppid()
+    close_fds()
+    undumpable()
+    preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path + ".new")
+        os.rename(path + ".new", path)  # the socket appears when it is ready
+        listener.listen(64)
+        _serve(listener, parent)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
 
 
 _state: dict = {}  # "server": the Server spawn() uses in this process; "direct": fork from here
@@ -368,25 +464,35 @@ def fork_child(args: list[str], workdir: Path, log_path: Path, env: dict) -> Chi
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(path)
         conn.sendall((json.dumps(req) + "\n").encode())
-        conn.settimeout(30)
-        line = b""
-        while not line.endswith(b"\n"):
+        return handshake(conn, list(args), 30)
+    except OSError:
+        return None
+
+
+def handshake(conn: socket.socket, args: list[str], timeout: float) -> Child:
+    """The :class:`Child` a fork server reports on ``conn`` (its request sent); OSError if none comes in ``timeout``."""
+    conn.settimeout(timeout)
+    line = b""
+    try:
+        while not line.endswith(b"\n") and len(line) < MAX_LINE:
             chunk = conn.recv(4096)
             if not chunk:
                 raise OSError("the fork server closed the connection")
             line += chunk
         conn.settimeout(None)
         first, _, rest = line.partition(b"\n")
-        child = Child(int(json.loads(first)["pid"]), list(args), conn)
-        child._buffer = rest
-        return child
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        child = Child(int(json.loads(first)["pid"]), args, conn)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        conn.close()
+        raise OSError(f"no child from the fork server: {exc}") from None
+    child._buffer = rest
+    return child
 
 
 def spawn(args: list[str], workdir: Path, log_path: Path) -> subprocess.Popen | Child:
     """Start ``python args...`` in its own session, output to ``log_path``: forked where a server is, else fresh."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    warm()
     if enabled():
         child = fork_child(args, Path(workdir), Path(log_path), env)
         if child is not None:
@@ -397,3 +503,9 @@ def spawn(args: list[str], workdir: Path, log_path: Path) -> subprocess.Popen | 
             [sys.executable, *args], cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
         )
+
+
+if __name__ == "__main__":
+    from autograder.procs import _serve_socket as serve_socket  # this module's functions, not __main__'s copies
+
+    serve_socket(sys.argv[1])

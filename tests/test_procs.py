@@ -107,3 +107,42 @@ def test_the_server_ends_with_the_process_that_forked_it(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"fork server {pid} outlived its parent")
+
+
+KERNEL_CODE = r'''
+import os, time
+from pathlib import Path
+import autograder.checks  # starts the kernel's warm server
+from autograder import procs
+from autograder.isolate import run_isolated
+server = procs._state["server"]
+deadline = time.monotonic() + 120
+while not os.path.exists(server.path) and time.monotonic() < deadline:
+    time.sleep(0.1)
+import tempfile
+work = Path(tempfile.mkdtemp())
+child = procs.spawn(["-m", "json.tool", "--help"], work, work / "log.txt")
+child.wait(60)
+print("SPAWNED", type(child).__name__, child.returncode, server.proc.pid, os.getpid(), server.folder)
+import shutil
+shutil.rmtree(work)
+'''
+
+
+def test_a_students_kernel_forks_check_children_from_its_warm_server():
+    """Students get the fast path too: after the first check, children are forks of a preloaded server."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    outputs = []
+    try:
+        kc.execute_interactive(KERNEL_CODE, timeout=180,
+                               output_hook=lambda msg: outputs.append(msg["content"].get("text", "")))
+        kc.execute_interactive("procs._state['server'].close()", timeout=30)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    line = next((line for line in "".join(outputs).splitlines() if line.startswith("SPAWNED")), "")
+    kind, code, server_pid, kernel_pid, folder = line.split()[1:]
+    assert kind == "Child" and code == "0" and server_pid != kernel_pid, outputs
+    assert not os.path.exists(folder), "the closed server left its folder"

@@ -303,6 +303,8 @@ def _run(args: list[tuple], workers: int, scheduler: str | None):
             for future in dask_completed(futures):
                 yield future.result()
         return
+    from autograder.grade.sandbox import shutdown
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(grade_submission, *a) for a in args]
         try:
@@ -312,3 +314,6 @@ def _run(args: list[tuple], workers: int, scheduler: str | None):
             for f in futures:
                 f.cancel()
             raise
+        finally:
+            pool.shutdown(wait=True)
+            shutdown()  # the zygote: a class ends with nothing of it running

@@ -66,15 +66,18 @@ def check_notebook(path: Path, isolation: str | None = None) -> NotebookResult:
     from autograder.grade.classgrade import expected_questions, isolation_policy, template_gradebook
     from autograder.grade.judge import trusted_tests
     from autograder.grade.pipeline import grade_submission
-    from autograder.grade.sandbox import Limits
+    from autograder.grade.sandbox import Limits, shutdown
 
     solution = match_solution(path)
     require = isolation_policy(isolation)
     expected = expected_questions([solution])
-    result = grade_submission("student", {solution.stem: Path(path).read_bytes()}, template_gradebook([solution]), expected,
-                              Limits().to_dict(), {solution.stem: trusted_tests(solution)},
-                              hide=[str(Path(path).resolve().parent)] if Path(path).resolve().parent != NOTEBOOKS else [],
-                              require_full=require)
+    try:
+        result = grade_submission("student", {solution.stem: Path(path).read_bytes()}, template_gradebook([solution]), expected,
+                                  Limits().to_dict(), {solution.stem: trusted_tests(solution)},
+                                  hide=[str(Path(path).resolve().parent)] if Path(path).resolve().parent != NOTEBOOKS else [],
+                                  require_full=require)
+    finally:
+        shutdown()
     nb = result["notebooks"][0]
     questions = [Question(q["id"], q["score"], q["max_score"], q["status"], q["message"], q.get("kernel_score"))
                  for q in nb["questions"]]

